@@ -1,0 +1,40 @@
+"""Small protocols through which callbacks talk to modules (DESIGN.md, "Imports flow one way").
+
+Callbacks never import a module class; they check for one of these protocols instead.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["MaskEntry", "HasMasks", "HasLrMultiplier"]
+
+
+class MaskEntry(NamedTuple):
+    """One sparse tensor of a module's mask set (dst_core.md §1).
+
+    ``weight`` is the full ``nn.Parameter`` (dense layout) or the 1-D ``values`` (compact layout);
+    ``mask`` is the persistent bool buffer of the weight's shape (dense) or the int64 ``index`` of
+    flat active positions (compact); ``layout`` is ``"dense"`` or ``"compact"``.
+    """
+
+    weight: torch.nn.Parameter
+    mask: torch.Tensor
+    layout: str
+
+
+@runtime_checkable
+class HasMasks(Protocol):
+    """A module whose sparse weights are listed, in a fixed order, by ``mask_set()``."""
+
+    def mask_set(self) -> dict[str, MaskEntry]:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class HasLrMultiplier(Protocol):
+    """A module whose ``configure_optimizers`` multiplies sparse (or all) group lrs by ``lr_multiplier``."""
+
+    lr_multiplier: float

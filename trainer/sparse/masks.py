@@ -1,0 +1,52 @@
+"""Mask buffers on a module: the dense layout of dst_core.md §1.
+
+A module calls :func:`attach_masks` once in ``__init__`` (after building its layers). Every
+maskable layer gets a persistent bool buffer ``weight_mask`` of its weight's shape, all ``True``
+(dense). Which of them are actually sparse, and how they are initialised, is decided by the
+``SparseTopology`` callback (its ``include``/``exclude`` regexes and ``init``), which edits the
+buffers in place; parameters and param groups are never added or removed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer.protocols import MaskEntry
+
+__all__ = ["MASKABLE_TYPES", "attach_masks", "collect_mask_set", "MaskedModuleMixin"]
+
+MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+MASK_BUFFER = "weight_mask"
+
+
+def attach_masks(root: nn.Module, types: tuple[type[nn.Module], ...] = MASKABLE_TYPES) -> int:
+    """Register an all-True ``weight_mask`` buffer on every layer of ``types`` under ``root``.
+
+    Returns the number of layers that received a mask. Idempotent.
+    """
+    n = 0
+    for mod in root.modules():
+        if isinstance(mod, types) and getattr(mod, "weight", None) is not None:
+            if not hasattr(mod, MASK_BUFFER):
+                mod.register_buffer(MASK_BUFFER, torch.ones_like(mod.weight, dtype=torch.bool), persistent=True)
+            n += 1
+    return n
+
+
+def collect_mask_set(root: nn.Module) -> dict[str, MaskEntry]:
+    """Ordered ``"<module path>.weight" -> MaskEntry`` for every layer carrying a ``weight_mask``."""
+    out: dict[str, MaskEntry] = {}
+    for name, mod in root.named_modules():
+        mask = getattr(mod, MASK_BUFFER, None)
+        if isinstance(mask, torch.Tensor):
+            key = f"{name}.weight" if name else "weight"
+            out[key] = MaskEntry(mod.weight, mask, "dense")
+    return out
+
+
+class MaskedModuleMixin:
+    """Gives a ``LightningModule`` the :class:`trainer.protocols.HasMasks` protocol."""
+
+    def mask_set(self) -> dict[str, MaskEntry]:
+        return collect_mask_set(self)  # type: ignore[arg-type]
