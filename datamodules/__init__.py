@@ -1,1 +1,6 @@
-__all__: list[str] = []
+"""LightningDataModules, one file per data source; short class names resolve in YAML through ``__all__``."""
+
+from datamodules.digits import DigitsDataModule
+from datamodules.images import ImageClassificationDataModule
+
+__all__: list[str] = ["DigitsDataModule", "ImageClassificationDataModule"]
