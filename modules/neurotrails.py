@@ -87,6 +87,20 @@ def ensemble_logits(logits: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- shared base
 
 
+def _allow_in_weights_only_checkpoints(*factories: object) -> None:
+    """Let ``load_from_checkpoint`` (``torch.load(weights_only=True)``) read hparams naming these classes.
+
+    Plain optimizer/scheduler classes (``torch.optim.Adam``) are pickled by reference in the saved
+    hyperparameters; torch ≥ 2.6 refuses unknown globals by default. Under ``TrainerCLI`` the
+    hparams hold the parsed config instead, and this is not needed.
+    """
+    import inspect
+
+    safe = [f for f in factories if inspect.isclass(f) and "<locals>" not in f.__qualname__]
+    if safe:
+        torch.serialization.add_safe_globals(safe)
+
+
 class _NeuroTrailsBase(MaskedModuleMixin, LightningModule):
     """Training, evaluation, logging and sharding shared by every NeuroTrails net.
 
@@ -116,6 +130,7 @@ class _NeuroTrailsBase(MaskedModuleMixin, LightningModule):
             raise ValueError(f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {ensemble_mode!r}")
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        _allow_in_weights_only_checkpoints(optimizer, scheduler)
         self.num_heads = num_heads
         self.ensemble_mode = ensemble_mode
         self.num_classes = num_classes

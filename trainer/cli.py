@@ -44,6 +44,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import callbacks  # noqa: F401  (short class names in YAML)
 import datamodules  # noqa: F401
@@ -92,10 +93,11 @@ class ConfigError(Exception):
     ``raw`` keeps jsonargparse's original message and ``key`` the offending key, when known.
     """
 
-    def __init__(self, message: str, raw: str = "", key: str | None = None) -> None:
+    def __init__(self, message: str, raw: str = "", key: str | None = None, parser: Any = None) -> None:
         super().__init__(message)
         self.raw = raw
         self.key = key
+        self.parser = parser
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,7 +421,7 @@ def format_parse_error(
 
 def _config_error(exc: BaseException, argv: Sequence[str], parser: ArgumentParser | None) -> ConfigError:
     key = explain_parse_error(str(exc), argv, parser)[0]
-    return ConfigError(format_parse_error(str(exc), argv, parser), raw=str(exc), key=key)
+    return ConfigError(format_parse_error(str(exc), argv, parser), raw=str(exc), key=key, parser=parser)
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,7 +631,7 @@ def check_config(args: Sequence[str], instantiate: bool = True, max_problems: in
                 if not exc.raw:
                     problems.append(str(exc))
                     break
-                problems.append(format_parse_error(exc.raw, argv, None, hint=False))
+                problems.append(format_parse_error(exc.raw, argv, exc.parser, hint=False))
                 if not exc.key or not _delete_key(merged, exc.key):
                     break
     if cfg is None or problems or not instantiate:
@@ -763,6 +765,8 @@ def main(args: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 1
+    except SIGTERMException:
+        return 128 + 15  # the scheduler sees a terminated job, not a finished one
     return 0
 
 
