@@ -1,1 +1,6 @@
-__all__: list[str] = []
+"""Cross-cutting Lightning callbacks; short class names resolve in YAML through ``__all__``."""
+
+from callbacks.rank_consistency import RankConsistencyCheck
+from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
+
+__all__: list[str] = ["NonFiniteLossGuard", "SignalCheckpoint", "RankConsistencyCheck"]
