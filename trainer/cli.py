@@ -56,6 +56,8 @@ __all__ = ["TrainerCLI", "ConfigError", "main", "parse_config", "check_config", 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = "runs"
+# The main job: what a bare ``trainer fit`` runs (NeuroTrails on scikit-learn's digits, a few minutes on CPU).
+DEFAULT_EXPERIMENT = "yaml/neurotrails/digits_mlp_neurotrails.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Keys that may change between a run and its resume (flattened, relative to the subcommand).
 RESUME_SAFE_PREFIXES = (
@@ -437,6 +439,11 @@ class TrainerCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["fit"] and not any(True for _ in _config_args(argv)) and not any(
+            a.startswith(("--model", "-h", "--help", "--print_config")) for a in argv
+        ):
+            print(f"[trainer] no --config given: running the default experiment {DEFAULT_EXPERIMENT}", file=sys.stderr)
+            argv = ["fit", "--config", DEFAULT_EXPERIMENT, *argv[1:]]
         argv = _prepare_argv(argv)
         self._argv = argv
         self._paper, self._experiment = run_name(argv)
