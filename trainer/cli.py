@@ -445,6 +445,8 @@ class TrainerCLI(LightningCLI):
             print(f"[trainer] no --config given: running the default experiment {DEFAULT_EXPERIMENT}", file=sys.stderr)
             argv = ["fit", "--config", DEFAULT_EXPERIMENT, *argv[1:]]
         argv = _prepare_argv(argv)
+        if not run and argv[:1] and argv[0] in SUBCOMMANDS:
+            argv = argv[1:]  # run=False builds a parser without subcommands
         self._argv = argv
         self._paper, self._experiment = run_name(argv)
         self._resume_dir: Path | None = None
