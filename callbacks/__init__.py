@@ -2,5 +2,6 @@
 
 from callbacks.rank_consistency import RankConsistencyCheck
 from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
+from callbacks.sparse_topology import SparseTopology
 
-__all__: list[str] = ["NonFiniteLossGuard", "SignalCheckpoint", "RankConsistencyCheck"]
+__all__: list[str] = ["NonFiniteLossGuard", "SignalCheckpoint", "RankConsistencyCheck", "SparseTopology"]

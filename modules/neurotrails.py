@@ -326,8 +326,10 @@ class NeuroTrailsMLP(_NeuroTrailsBase):
 
     @classmethod
     def unit_test_params(cls) -> dict:
-        """Tiny settings for the generic tests."""
-        return {"num_heads": 2, "blocks_in_head": 1, "hidden": 16, "depth": 2}
+        """Tiny settings for the generic tests (a masked optimizer, so any ``SparseTopology`` policy works)."""
+        from trainer.sparse import MaskedAdam
+
+        return {"num_heads": 2, "blocks_in_head": 1, "hidden": 16, "depth": 2, "optimizer": MaskedAdam}
 
 
 RESNET_ARCHS = {
@@ -413,5 +415,15 @@ class NeuroTrailsResNet(_NeuroTrailsBase):
 
     @classmethod
     def unit_test_params(cls) -> dict:
-        """Tiny WRN-10-1 (3 blocks, 1 per head), 2 heads, 10 classes."""
-        return {"arch": "wrn28_10", "depth": 10, "width": 1, "blocks_in_head": 1, "num_heads": 2, "num_classes": 10}
+        """Tiny WRN-10-1 (3 blocks, 1 per head), 2 heads, 10 classes, masked Adam."""
+        from trainer.sparse import MaskedAdam
+
+        return {
+            "arch": "wrn28_10",
+            "depth": 10,
+            "width": 1,
+            "blocks_in_head": 1,
+            "num_heads": 2,
+            "num_classes": 10,
+            "optimizer": MaskedAdam,
+        }
