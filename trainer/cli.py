@@ -585,8 +585,9 @@ class TrainerCLI(LightningCLI):
         return super()._instantiate_trainer(config, list(callbacks_) + defaults)
 
     def after_fit(self) -> None:
-        if self.trainer.is_global_zero and self.trainer.log_dir and not self.trainer.fast_dev_run:
-            log_dir = self.trainer.log_dir
+        # trainer.log_dir is a collective (broadcast): read the logger's directly, on rank 0 only.
+        log_dir = getattr(self.trainer.logger, "log_dir", None)
+        if self.trainer.is_global_zero and log_dir and not self.trainer.fast_dev_run:
             print(f"[trainer] logs: {log_dir}\n[trainer] view: tensorboard --logdir {log_dir} --host 127.0.0.1")
 
 

@@ -1,0 +1,44 @@
+"""Strategy presets that need a line of code.
+
+:class:`DataParallelFSDP2Strategy` is Lightning's ``ModelParallelStrategy`` (FSDP2 through
+``fully_shard`` in ``configure_model``) with one difference: ``data_parallel_size="auto"`` means
+"every rank not used for tensor parallelism" (world size / tensor_parallel_size), so the same
+preset shards over 2 CPU processes, 8 GPUs or 4 nodes × 8 GPUs without editing. Lightning's own
+"auto" means the number of nodes, which fails on one node with several devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+__all__ = ["DataParallelFSDP2Strategy"]
+
+
+class DataParallelFSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 over all ranks by default (see the module docstring).
+
+    Args:
+        data_parallel_size: ranks per data-parallel (sharding) group; "auto" = world size / tensor_parallel_size.
+        tensor_parallel_size: ranks per tensor-parallel group (1 = pure FSDP2).
+        kwargs: passed to ``ModelParallelStrategy`` (``save_distributed_checkpoint``, ``timeout`` ...).
+    """
+
+    def __init__(
+        self,
+        data_parallel_size: Literal["auto"] | int = "auto",
+        tensor_parallel_size: Literal["auto"] | int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size, **kwargs)
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto" and isinstance(self._tensor_parallel_size, int):
+            world = self.num_nodes * self.num_processes
+            if world % self._tensor_parallel_size:
+                raise ValueError(
+                    f"tensor_parallel_size={self._tensor_parallel_size} does not divide the world size {world}"
+                )
+            self._data_parallel_size = world // self._tensor_parallel_size
+        super().setup_environment()
