@@ -296,6 +296,10 @@ class SparseTopology(StatefulCallback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Attach masks and state policy to the optimizers; log the initial densities."""
+        if not trainer.optimizers:
+            raise RuntimeError(
+                "SparseTopology.on_fit_start expects configure_optimizers to have run (Lightning 2.6 hook order)"
+            )
         if not self._initialised:
             self._initialise(trainer, pl_module)
         cfg = self.config
@@ -326,7 +330,9 @@ class SparseTopology(StatefulCallback):
         self._bytes_logged = False
         self._log_densities(trainer, pl_module, trainer.global_step)
         densities = [c / e.weight.numel() for c, (_, _, e) in zip(self.counts, layers)]
-        log_figure(trainer, "sparse/density_per_layer", bar_figure(self.layer_names, densities, "density per layer", "density"))
+        log_figure(
+            trainer, "sparse/density_per_layer", bar_figure(self.layer_names, densities, "density per layer", "density")
+        )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Fix T, ΔT and T_end (dst_core §4)."""

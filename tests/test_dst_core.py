@@ -7,34 +7,32 @@ resume equivalence, 2-rank consistency).
 
 from __future__ import annotations
 
-import copy
 import functools
 import io
 import math
 import os
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from lightning.pytorch.loggers import Logger  # noqa: E402
-
-from callbacks.sparse_topology import SparseTopology  # noqa: E402
-from trainer.callback_state import StatefulCallback  # noqa: E402
-from trainer.data import seeded_train_loader  # noqa: E402
-from trainer.sparse import (  # noqa: E402
+from callbacks.sparse_topology import SparseTopology
+from trainer.callback_state import StatefulCallback
+from trainer.data import seeded_train_loader
+from trainer.sparse import (
     DST_PRESETS,
     MaskedAdam,
     MaskedModuleMixin,
     MaskedSGD,
+    apply_drop_grow_,
     attach_masks,
     drop_fraction,
     drop_grow,
-    apply_drop_grow_,
     erk_densities,
     exact_counts,
     init_mask,
@@ -61,7 +59,9 @@ class DSTTinyNet(MaskedModuleMixin, pl.LightningModule):
 
     def __init__(self, optimizer=None, hidden: int = 32, samples: int = 64, batch_size: int = 8) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+        self.net = nn.Sequential(
+            nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4)
+        )
         attach_masks(self)
         self.optimizer_factory = optimizer or functools.partial(MaskedAdam, lr=1e-2)
         self.samples = samples
@@ -175,9 +175,10 @@ class DSTProbe(pl.Callback):
                 for key in ("exp_avg", "exp_avg_sq", "step_i", "momentum_buffer"):
                     if key in state:
                         assert torch.all(state[key][inactive] == 0), (key, name, t)  # §9.2: slots 0
-                        assert torch.all(state[key].reshape(-1)[res.newly_active] == (
-                            opt.param_groups[0].get("reset_step", 0) if key == "step_i" else 0
-                        )), (key, name, t)  # reset entries hold their reset values
+                        assert torch.all(
+                            state[key].reshape(-1)[res.newly_active]
+                            == (opt.param_groups[0].get("reset_step", 0) if key == "step_i" else 0)
+                        ), (key, name, t)  # reset entries hold their reset values
 
 
 def _assert_equal_nested(a, b, path="") -> None:
@@ -326,15 +327,15 @@ def test_magnitude_noise_only_breaks_near_ties():
     assert select_drop("magnitude_noise", w, 1, generator=layer_generator(0, "drop", 1, 0)).tolist() == [3]
 
 
-@pytest.mark.parametrize(
-    "temperature,expected", [(1.0, [0.1, 0.2, 0.3, 0.4]), (3.0, [0.01, 0.08, 0.27, 0.64])]
-)
+@pytest.mark.parametrize("temperature,expected", [(1.0, [0.1, 0.2, 0.3, 0.4]), (3.0, [0.01, 0.08, 0.27, 0.64])])
 def test_soft_magnitude_keep_frequencies(temperature, expected):
     # neurotrails.md §6: keep 1 of |w| = [1, 2, 3, 4]; frequencies ∝ |w|^T over 4000 draws, ± 0.025
     w = torch.tensor([1.0, -2.0, 3.0, -4.0])
     kept = torch.zeros(4)
     for step in range(4000):
-        dropped = select_drop("soft_magnitude", w, 3, generator=layer_generator(11, "drop", step, 0), temperature=temperature)
+        dropped = select_drop(
+            "soft_magnitude", w, 3, generator=layer_generator(11, "drop", step, 0), temperature=temperature
+        )
         keep = torch.ones(4, dtype=torch.bool)
         keep[dropped] = False
         kept += keep.float()
@@ -441,7 +442,13 @@ def test_is_update_step():
 def test_presets_and_overrides():
     assert set(DST_PRESETS) >= {"set", "rigl", "neurotrails_cv", "neurotrails_lm", "smet", "sparse_dc"}
     rigl = DST_PRESETS["rigl"]
-    assert (rigl.init, rigl.delta_t, rigl.drop_fraction, rigl.decay, rigl.end_fraction) == ("erk", 100, 0.3, "cosine", 0.75)
+    assert (rigl.init, rigl.delta_t, rigl.drop_fraction, rigl.decay, rigl.end_fraction) == (
+        "erk",
+        100,
+        0.3,
+        "cosine",
+        0.75,
+    )
     assert (rigl.drop, rigl.grow, rigl.regrow_dropped, rigl.state_policy) == ("magnitude_noise", "gradient", True, "P1")
     lm = DST_PRESETS["neurotrails_lm"]
     assert (lm.drop, lm.soft_temperature, lm.state_policy, lm.delta_t) == ("soft_magnitude", 3.0, "P5", 50)
@@ -935,7 +942,9 @@ class DSTMaskDump(pl.Callback):
             self.history.append({n: e.mask.clone() for n, e in _sparse_entries(pl_module, self.topo)})
 
     def on_train_end(self, trainer, pl_module):
-        weights = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in pl_module.state_dict().items()}
+        weights = {
+            k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in pl_module.state_dict().items()
+        }
         path = os.path.join(self.out_dir, f"{self.tag}_rank{trainer.global_rank}.pt")
         torch.save({"history": self.history, "weights": weights}, path)
 
@@ -1068,7 +1077,12 @@ def test_fsdp2_resume_is_bitwise_identical(tmp_path):
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for mode in ("straight", "half", "resumed"):
         proc = subprocess.run(
-            [sys.executable, str(script), mode, str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, str(script), mode, str(tmp_path)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     straight, half, resumed = (torch.load(tmp_path / f"{m}.pt") for m in ("straight", "half", "resumed"))

@@ -35,8 +35,8 @@ class StatefulCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        """``ClassName[name=...]``: stable across runs whatever the hyperparameters."""
-        return f"{type(self).__name__}[name={self.name}]"
+        """``ClassName{'name': ...}`` (Lightning's format): stable across runs whatever the hyperparameters."""
+        return self._generate_state_key(name=self.name)
 
     def state_dict(self) -> dict[str, Any]:
         """A deep copy of every attribute in ``_state_attrs``."""

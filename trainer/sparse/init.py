@@ -102,9 +102,7 @@ def _check_density(density: float) -> None:
         raise ValueError(f"density must lie in (0, 1], got {density}")
 
 
-def exact_counts(
-    numels: Sequence[int], densities: Sequence[float], dense: Iterable[int], density: float
-) -> list[int]:
+def exact_counts(numels: Sequence[int], densities: Sequence[float], dense: Iterable[int], density: float) -> list[int]:
     """Exact active counts c_l from unrounded densities (dst_core §2).
 
     K = floor(d·Σ n_l + 0.5); c_l = n_l on Dn, else floor(d_l·n_l); the K − Σ c_l leftover units go one
