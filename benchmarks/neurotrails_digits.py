@@ -9,7 +9,7 @@ single-head accuracy and NLL, and the pairwise disagreement (mean over head pair
 
 Usage::
 
-    python benchmarks/neurotrails_digits.py                 # 5 seeds × 60 epochs (≈ 4–5 min on 2 cores)
+    python benchmarks/neurotrails_digits.py                 # 5 seeds × 60 epochs (≈ 3 min on 2 idle cores)
     python benchmarks/neurotrails_digits.py --seeds 2 --epochs 5   # quick check
 
 The last line is ``RESULT key=value ...`` (see ``yaml/neurotrails/README.md``).

@@ -101,6 +101,9 @@ def _allow_in_weights_only_checkpoints(*factories: object) -> None:
         torch.serialization.add_safe_globals(safe)
 
 
+_allow_in_weights_only_checkpoints(torch.optim.Adam)  # the default, so a fresh process can load too
+
+
 class _NeuroTrailsBase(MaskedModuleMixin, LightningModule):
     """Training, evaluation, logging and sharding shared by every NeuroTrails net.
 
