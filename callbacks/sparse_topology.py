@@ -57,6 +57,12 @@ from trainer.sparse.topology import DropGrowResult, DSTPreset, drop_grow, resolv
 __all__ = ["SparseTopology"]
 
 
+def _layer_group(name: str) -> str:
+    """The block a layer belongs to, for colouring (``net.heads.1.0.weight`` -> ``net.heads.1``)."""
+    parts = name.split(".")
+    return ".".join(parts[:-2]) if len(parts) > 2 else parts[0]
+
+
 class SparseTopology(StatefulCallback):
     """Dynamic sparse training over a module's mask set (dst_core.md; presets of §11).
 
@@ -331,7 +337,10 @@ class SparseTopology(StatefulCallback):
         self._log_densities(trainer, pl_module, trainer.global_step)
         densities = [c / e.weight.numel() for c, (_, _, e) in zip(self.counts, layers)]
         log_figure(
-            trainer, "sparse/density_per_layer", bar_figure(self.layer_names, densities, "density per layer", "density")
+            trainer, "sparse/density_per_layer", bar_figure(
+                self.layer_names, densities, "density per layer", "density",
+                groups=[_layer_group(n) for n in self.layer_names],
+            )
         )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

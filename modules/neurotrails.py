@@ -224,7 +224,7 @@ class _NeuroTrailsBase(MaskedModuleMixin, LightningModule):
         self.log(f"{stage}/disagreement_code", out["code"].float(), sync_dist=True)
         if self.num_heads > 1 and not self.trainer.sanity_checking:
             labels = [f"head{k}" for k in range(self.num_heads)]
-            fig = heatmap_figure(out["matrix"].cpu().numpy(), labels, title=f"{stage} disagreement")
+            fig = heatmap_figure(out["matrix"].cpu().numpy(), labels, title=f"{stage} disagreement", fmt="{:.3f}")
             log_figure(self.trainer, f"{stage}/disagreement_matrix", fig)
 
     def on_validation_epoch_end(self) -> None:
