@@ -11,6 +11,8 @@ Usage::
 
     python benchmarks/neurotrails_digits.py                 # 5 seeds × 60 epochs (≈ 3 min on 2 idle cores)
     python benchmarks/neurotrails_digits.py --seeds 2 --epochs 5   # quick check
+    # ablations of the NeuroTrails arm: any CLI override, e.g. static sparse (no topology update)
+    python benchmarks/neurotrails_digits.py --arms neurotrails --nt-set trainer.callbacks.init_args.delta_t=100000
 
 The last line is ``RESULT key=value ...`` (see ``yaml/neurotrails/README.md``).
 """
@@ -79,11 +81,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
     }
 
 
-def run_arm(arm: str, seed: int, epochs: int | None) -> dict[str, float]:
+def run_arm(arm: str, seed: int, epochs: int | None, overrides: list[str] = ()) -> dict[str, float]:
     from trainer.cli import TrainerCLI
 
     args = ["fit", "--config", str(ROOT / f"yaml/neurotrails/digits_mlp_{arm}.yaml"), "--seed_everything", str(seed)]
-    args += QUIET
+    args += QUIET + [f"--{o}" for o in overrides]
     if epochs is not None:
         args += ["--trainer.max_epochs", str(epochs)]
     t0 = time.perf_counter()
@@ -108,6 +110,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..n-1); default 5")
     ap.add_argument("--epochs", type=int, default=None, help="override max_epochs (default: the YAML's 60)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
+    ap.add_argument(
+        "--nt-set", action="append", default=[], metavar="KEY=VALUE",
+        help="CLI override for the neurotrails arm only (repeatable), e.g. trainer.callbacks.init_args.delta_t=100000",
+    )
     ns = ap.parse_args()
     arms = [a for a in ns.arms.split(",") if a]
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -116,7 +122,7 @@ def main() -> None:
     t_start = time.perf_counter()
     for seed in range(ns.seeds):
         for arm in arms:
-            r = run_arm(arm, seed, ns.epochs)
+            r = run_arm(arm, seed, ns.epochs, ns.nt_set if arm == "neurotrails" else [])
             runs[arm].append(r)
             print(
                 f"[{arm:>13} seed {seed}] acc {r['acc']:.4f} nll {r['nll']:.4f} head nll {r['head_nll']:.4f} "
@@ -130,6 +136,8 @@ def main() -> None:
 
     print()
     print(f"NeuroTrails digits miniature: {ns.seeds} seeds, epochs {ns.epochs or 60}, test split of 450 images")
+    if ns.nt_set:
+        print("neurotrails arm overrides: " + " ".join(ns.nt_set))
     print("| arm | total params | active params | test acc (%) | NLL | ECE | mean head acc (%) | disagreement |")
     print("|---|---|---|---|---|---|---|---|")
     for arm in arms:
