@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import io
 import os
 import re
 import subprocess
@@ -236,6 +235,7 @@ class TrainerArgumentParser(LightningArgumentParser):
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a config dict; a ``class_path`` spec flattens to ``.class_path`` and ``.init_args.*``."""
     out: dict[str, Any] = {}
     if isinstance(d, dict):
         for k, v in d.items():
