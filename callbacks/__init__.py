@@ -2,6 +2,7 @@
 
 from callbacks.rank_consistency import RankConsistencyCheck
 from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
+from callbacks.regrowth_warmup import RegrowthWarmup
 from callbacks.sparse_topology import SparseTopology
 
-__all__: list[str] = ["NonFiniteLossGuard", "SignalCheckpoint", "RankConsistencyCheck", "SparseTopology"]
+__all__: list[str] = ["NonFiniteLossGuard", "SignalCheckpoint", "RankConsistencyCheck", "SparseTopology", "RegrowthWarmup"]

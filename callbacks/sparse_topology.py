@@ -20,6 +20,13 @@ Hooks (automatic optimization, Lightning 2.6; the order is asserted by ``tests/t
 - ``on_train_batch_end`` (every micro-batch; acts only when ``global_step`` changed): re-apply the
   masks; on an update step run drop/grow per layer, reset optimizer slots, check ranks, log.
 
+Compact layout (dst_core §1, ``trainer.sparse.CompactSparseLinear``): the selected tensors must all be
+compact (or all dense); c_l = len(values) and the initial index is the layer's own. Drop/grow runs over the
+active set in ascending flat order (so it equals the dense layout's choice), then the slots of D \\ R get
+R \\ A in place: ``index[j]``, ``values[j]`` = 0 and slot j's optimizer state reset by the policy. For
+gradient criteria ``on_train_batch_start`` asks the layers to keep their dense weight gradient on the
+micro-batches of update steps; ``on_before_optimizer_step`` all-reduces it (mean) once and stashes it.
+
 Every random draw is seeded by (run seed, tag, step, layer), so all ranks agree without communication
 (dst_core §7). Masks live in the module (checkpointed with it); this callback's state is counters and
 the set grown at the last update (for ``sparse/regrown_survival``).
@@ -42,6 +49,8 @@ from trainer.callback_state import StatefulCallback
 from trainer.data import run_seed
 from trainer.plots import bar_figure, log_figure
 from trainer.protocols import HasMasks, MaskEntry
+from trainer.sparse.compact import CompactSparseLinear, compact_layers
+from trainer.sparse.criteria import GRADIENT_CRITERIA, select_drop, select_grow
 from trainer.sparse.init import init_mask, init_masks_, layer_counts
 from trainer.sparse.optim import (
     is_dtensor,
@@ -51,10 +60,13 @@ from trainer.sparse.optim import (
     optimizer_state_bytes,
     reset_entries,
 )
-from trainer.sparse.schedules import drop_fraction, end_step, is_update_step
+from trainer.sparse.rng import layer_generator
+from trainer.sparse.schedules import drop_count, drop_fraction, end_step, is_update_step
 from trainer.sparse.topology import DropGrowResult, DSTPreset, drop_grow, resolve_preset
 
 __all__ = ["SparseTopology"]
+
+_RANDOM_DROP = frozenset({"magnitude_noise", "soft_magnitude", "random"})
 
 
 def _layer_group(name: str) -> str:
@@ -204,6 +216,7 @@ class SparseTopology(StatefulCallback):
         self._owners: dict[str, list[torch.optim.Optimizer]] = {}
         self._bytes_logged = False
         self._cached: tuple[LightningModule, list[tuple[int, str, MaskEntry]]] | None = None
+        self._compact: dict[str, CompactSparseLinear] = {}  # compact layers by mask-set name (dst_core §1)
         self.record_results = False  # debugging/tests: keep the last update's DropGrowResults
         self.last_results: dict[str, DropGrowResult] = {}
 
@@ -219,7 +232,7 @@ class SparseTopology(StatefulCallback):
             "skip_step_on_update": False,
         }
 
-    _transient = ("_stash", "_owners", "_cached", "last_results")
+    _transient = ("_stash", "_owners", "_cached", "last_results", "_compact")
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without references to the module, optimizers or stashed gradients."""
@@ -248,18 +261,32 @@ class SparseTopology(StatefulCallback):
             for n in entries
             if any(re.search(p, n) for p in cfg.include) and not any(re.search(p, n) for p in cfg.exclude)
         ]
-        for n in names:
-            if entries[n].layout != "dense":
-                raise NotImplementedError(
-                    f"SparseTopology: layer {n!r} uses the {entries[n].layout!r} layout; only 'dense' is supported"
-                )
+        layouts = {entries[n].layout for n in names}
+        if not layouts <= {"dense", "compact"}:
+            raise NotImplementedError(f"SparseTopology: unknown layouts {sorted(layouts - {'dense', 'compact'})}")
+        if len(layouts) > 1:
+            raise NotImplementedError(
+                "SparseTopology: the selected tensors mix the 'dense' and 'compact' layouts; select one layout "
+                f"(compact: {[n for n in names if entries[n].layout == 'compact']})"
+            )
         return names
 
     def _layers(self, pl_module: LightningModule) -> list[tuple[int, str, MaskEntry]]:
         if self._cached is None or self._cached[0] is not pl_module:
             entries = self._mask_set(pl_module)
             self._cached = (pl_module, [(i, n, entries[n]) for i, n in enumerate(self.layer_names)])
+            by_values = compact_layers(pl_module)
+            self._compact = {}
+            for _, n, e in self._cached[1]:
+                if e.layout == "compact":
+                    if id(e.weight) not in by_values:
+                        raise TypeError(f"SparseTopology: compact entry {n!r} is not a CompactSparseLinear's values")
+                    self._compact[n] = by_values[id(e.weight)]
         return self._cached[1]
+
+    def _numel(self, name: str, entry: MaskEntry) -> int:
+        """n_l: the dense numel of a layer (compact: of its materialised weight)."""
+        return self._compact[name].dense_numel if entry.layout == "compact" else entry.mask.numel()
 
     def _initialise(self, trainer: Trainer, pl_module: LightningModule) -> None:
         cfg = self.config
@@ -273,11 +300,18 @@ class SparseTopology(StatefulCallback):
         dense = {i for i, n in enumerate(names) if any(re.search(p, n) for p in cfg.dense_layers)}
         if cfg.dense_first_layer:
             dense.add(0)
-        shapes = [tuple(entries[n].weight.shape) for n in names]
         self.layer_names = names
         self._cached = None
-        self.counts = layer_counts(shapes, cfg.density, cfg.init, sorted(dense), cfg.erk_power)  # dst_core §2
         self.seed = run_seed()
+        if entries[names[0]].layout == "compact":
+            # dst_core §1: a compact layer's count c_l is fixed by its shape (len(values)); its exact-count
+            # initial index is drawn by the layer itself (trainer.sparse.compact), so nothing is re-drawn here.
+            self._layers(pl_module)
+            self.counts = [entries[n].mask.numel() for n in names]
+            self._initialised = True
+            return
+        shapes = [tuple(entries[n].weight.shape) for n in names]
+        self.counts = layer_counts(shapes, cfg.density, cfg.init, sorted(dense), cfg.erk_power)  # dst_core §2
         masks = [entries[n].mask for n in names]
         init_masks_(masks, self.counts, self.seed)
         with torch.no_grad():
@@ -335,7 +369,7 @@ class SparseTopology(StatefulCallback):
                 )
         self._bytes_logged = False
         self._log_densities(trainer, pl_module, trainer.global_step)
-        densities = [c / e.weight.numel() for c, (_, _, e) in zip(self.counts, layers)]
+        densities = [c / self._numel(n, e) for c, (_, n, e) in zip(self.counts, layers)]
         log_figure(
             trainer, "sparse/density_per_layer", bar_figure(
                 self.layer_names, densities, "density per layer", "density",
@@ -379,6 +413,9 @@ class SparseTopology(StatefulCallback):
             for _, n, e in self._layers(pl_module):
                 if e.weight not in owned:
                     continue
+                if e.layout == "compact":
+                    self._stash_compact(trainer, n, update and cfg.needs_gradient)
+                    continue  # values.grad is already compact: nothing to mask
                 grad = e.weight.grad
                 if update and cfg.needs_gradient:
                     if grad is None:
@@ -391,6 +428,31 @@ class SparseTopology(StatefulCallback):
         if update and cfg.skip_step_on_update and hasattr(optimizer, "skip_next_step"):
             optimizer.skip_next_step = True  # dst_core §4: RigL skips the step on update iterations
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        """Compact layout: keep the dense weight gradient on the micro-batches of update steps (dst_core §6)."""
+        if not self._compact and self._cached is None:
+            self._layers(pl_module)
+        if not self._compact:
+            return
+        keep = self.config.needs_gradient and self.is_update(trainer.global_step + 1)
+        for layer in self._compact.values():
+            layer.keep_dense_grad = keep
+
+    def _stash_compact(self, trainer: Trainer, name: str, needed: bool) -> None:
+        """Take a compact layer's summed dense gradient, all-reduced (mean) once (dst_core §6)."""
+        layer = self._compact[name]
+        grad, layer.dense_grad = layer.dense_grad, None
+        layer.keep_dense_grad = False
+        if not needed:
+            return
+        if grad is None:
+            grad = torch.zeros(layer.weight_shape, dtype=layer.values.dtype, device=layer.values.device)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(grad)  # DDP does not see the materialised weight's gradient
+            grad.div_(dist.get_world_size())
+        self._stash[name] = grad
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -402,7 +464,8 @@ class SparseTopology(StatefulCallback):
         layers = self._layers(pl_module)
         with torch.no_grad():
             for _, _, e in layers:
-                local_tensor(e.weight).masked_fill_(~local_view(e.mask, e.weight), 0)  # dst_core §6
+                if e.layout == "dense":
+                    local_tensor(e.weight).masked_fill_(~local_view(e.mask, e.weight), 0)  # dst_core §6
         metrics: dict[str, float] = {}
         if self.is_update(t):
             metrics.update(self._update(trainer, pl_module, t, layers))
@@ -427,6 +490,22 @@ class SparseTopology(StatefulCallback):
         results: dict[str, DropGrowResult] = {}
         for idx, n, e in layers:
             weight, mask = e.weight, e.mask
+            if e.layout == "compact":
+                res = self._update_compact(idx, n, e, f_t, t)
+                prev = self.last_grown.get(n)
+                if prev is not None and prev.numel():
+                    grown_before += prev.numel()
+                    survived += int(torch.isin(prev.to(mask.device, torch.long), mask).sum())
+                regrown += res.newly_active.numel()
+                removed += res.removed.numel()
+                reactivated += res.kept.numel()
+                index_dtype = torch.int32 if self._numel(n, e) < 2**31 else torch.long
+                self.last_grown[n] = res.newly_active.to("cpu", index_dtype)
+                init = self._compact[n].initial_mask()
+                changed += 2 * int((~init[mask.cpu()]).sum())  # Hamming distance: equal counts, so 2 × moved
+                if self.record_results:
+                    results[n] = res
+                continue
             full_w = weight.full_tensor() if is_dtensor(weight) else weight
             res = drop_grow(  # dst_core §3
                 full_w,
@@ -483,6 +562,51 @@ class SparseTopology(StatefulCallback):
         metrics.update(self._density_metrics(layers))
         return metrics
 
+    def _update_compact(self, idx: int, n: str, e: MaskEntry, f_t: float, t: int) -> DropGrowResult:
+        r"""dst_core §3 over the compact representation, written back slot by slot in place (§1).
+
+        Selections run over the active set in ascending flat order, so they equal the dense layout's
+        (ties and random draws included). The slots of D \ R receive R \ A (ascending); R ∩ D keeps its
+        slot, value and state. Returned index tensors are flat positions; ``mask`` is ``None``.
+        """
+        cfg = self.config
+        values, index = e.weight, e.mask
+        numel = self._numel(n, e)
+        c = index.numel()
+        k = drop_count(f_t, c, numel)  # dst_core §3: k = floor(f_t·c)
+        if not cfg.regrow_dropped:
+            k = min(k, numel - c)
+        empty = torch.empty(0, dtype=torch.long, device=index.device)
+        if k == 0:
+            return DropGrowResult(None, empty, empty, empty, empty, empty, 0)  # type: ignore[arg-type]
+        grad = self._stash.get(n)
+        g = None if grad is None else grad.reshape(-1)
+        order = torch.argsort(index)  # slots in ascending flat position
+        active = index[order]
+        w = values.detach()[order]
+        gen_drop = layer_generator(self.seed, "drop", t, idx) if cfg.drop in _RANDOM_DROP else None
+        g_active = g[active] if (g is not None and cfg.drop in GRADIENT_CRITERIA) else None
+        drop_pos = select_drop(cfg.drop, w, k, g_active, gen_drop, cfg.soft_temperature)  # DROP (dst_core §3)
+        dropped = active[drop_pos]
+        drop_slots = order[drop_pos]
+        cand = torch.ones(numel, dtype=torch.bool, device=index.device)
+        cand[index] = False  # GROW candidates: positions not in A \ D ...
+        if cfg.regrow_dropped:
+            cand[dropped] = True  # ... with D allowed back only when regrow_dropped
+        candidates = cand.nonzero().squeeze(1)
+        gen_grow = layer_generator(self.seed, "grow", t, idx) if cfg.grow == "random" else None
+        grown = select_grow(cfg.grow, candidates, k, numel, g if cfg.grow in GRADIENT_CRITERIA else None, gen_grow)
+        in_d = torch.isin(grown, dropped)
+        in_r = torch.isin(dropped, grown)
+        newly_active, removed, kept = grown[~in_d], dropped[~in_r], grown[in_d]
+        slots = drop_slots[~in_r]  # ascending flat position of D \ R
+        with torch.no_grad():
+            index[slots] = newly_active.to(index.device)  # dst_core §1: index[j] rewritten in place
+            values.data[slots] = 0  # dst_core §3: R \ A starts at weight 0
+        for opt in self._owners.get(n, []):
+            reset_entries(opt, values, slots, cfg.state_policy, removed=False)  # dst_core §5: slot j reset
+        return DropGrowResult(None, dropped, grown, newly_active, removed, kept, int(k))  # type: ignore[arg-type]
+
     def _check_ranks(self, layers: list[tuple[int, str, MaskEntry]], t: int) -> None:
         """All-gather per-layer (count, Σ flat indices); raise on a mismatch (dst_core §7)."""
         dist = torch.distributed
@@ -492,7 +616,12 @@ class SparseTopology(StatefulCallback):
         if dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
         rows = torch.tensor(
-            [[int(e.mask.sum()), int(e.mask.reshape(-1).nonzero().sum())] for _, _, e in layers],
+            [
+                [int(e.mask.numel()), int(e.mask.sum())]
+                if e.layout == "compact"
+                else [int(e.mask.sum()), int(e.mask.reshape(-1).nonzero().sum())]
+                for _, _, e in layers
+            ],
             dtype=torch.long,
             device=device,
         )
@@ -508,8 +637,8 @@ class SparseTopology(StatefulCallback):
     # ------------------------------------------------------------------------------------------
 
     def _density_metrics(self, layers: list[tuple[int, str, MaskEntry]]) -> dict[str, float]:
-        active = [int(e.mask.sum()) for _, _, e in layers]
-        numel = [e.mask.numel() for _, _, e in layers]
+        active = [e.mask.numel() if e.layout == "compact" else int(e.mask.sum()) for _, _, e in layers]
+        numel = [self._numel(n, e) for _, n, e in layers]
         out = {"sparse/density": sum(active) / max(sum(numel), 1)}
         if self.log_per_layer:
             out.update({f"sparse/density/{n}": a / m for (_, n, _), a, m in zip(layers, active, numel)})

@@ -2,5 +2,6 @@
 
 from datamodules.digits import DigitsDataModule
 from datamodules.images import ImageClassificationDataModule
+from datamodules.text import TextCorpusDataModule
 
-__all__: list[str] = ["DigitsDataModule", "ImageClassificationDataModule"]
+__all__: list[str] = ["DigitsDataModule", "ImageClassificationDataModule", "TextCorpusDataModule"]

@@ -58,7 +58,14 @@ from trainer.plots import heatmap_figure, log_figure
 from trainer.sparse import MaskedModuleMixin, attach_masks
 from trainer.vision import MultiHeadNet, make_heads, resnet_bottleneck_stack, split_stack, wrn_stack
 
-__all__ = ["NeuroTrailsMLP", "NeuroTrailsResNet", "ensemble_logits", "multihead_loss"]
+__all__ = [
+    "NeuroTrailsAveragedLM",
+    "NeuroTrailsLM",
+    "NeuroTrailsMLP",
+    "NeuroTrailsResNet",
+    "ensemble_logits",
+    "multihead_loss",
+]
 
 ENSEMBLE_MODES = ("shared", "independent")
 EVAL_STAGES = ("val", "test")
@@ -430,3 +437,255 @@ class NeuroTrailsResNet(_NeuroTrailsBase):
             "num_classes": 10,
             "optimizer": MaskedAdam,
         }
+
+
+# --------------------------------------------------------------------------- language model (Sec. 3, §2)
+
+
+def _llama_config(shape: str, overrides: dict) -> dict:
+    """LlamaConfig kwargs of a ``trainer.text.LLAMA_SHAPES`` name with non-``None`` integer overrides."""
+    from trainer.text import LLAMA_SHAPES
+
+    if shape not in LLAMA_SHAPES:
+        raise ValueError(f"unknown LLaMA shape {shape!r}; known: {sorted(LLAMA_SHAPES)}")
+    cfg = dict(LLAMA_SHAPES[shape])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg["tie_word_embeddings"] = False  # §3: "untied heads"; every head owns its lm_head
+    return cfg
+
+
+class _LlamaStage(nn.Module):
+    """Part of a LLaMA: optional ``embed_tokens``, a run of decoder ``layers``, optional ``norm`` + ``lm_head``."""
+
+    def __init__(self, config_kwargs: dict, first_layer: int, n_layers: int, embed: bool, output: bool) -> None:
+        super().__init__()
+        from trainer.text import build_causal_lm
+
+        # A fresh LlamaForCausalLM per stage: Hugging Face's own initialisation, never a copy (§2).
+        lm = build_causal_lm({**config_kwargs, "num_hidden_layers": n_layers})
+        self.embed_tokens = lm.model.embed_tokens if embed else None
+        self.layers = lm.model.layers
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.layer_idx = first_layer + i  # its index in the unsplit model
+        self.norm = lm.model.norm if output else None
+        self.lm_head = lm.lm_head if output else None
+        self.attn_implementation = lm.config._attn_implementation  # what the layers were built to use
+
+    def forward(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+        if self.embed_tokens is not None:
+            h = self.embed_tokens(h)
+        for layer in self.layers:
+            h = layer(h, attention_mask=ctx["mask"], position_ids=ctx["position_ids"],
+                      position_embeddings=ctx["position_embeddings"])  # fmt: skip
+        if self.lm_head is not None:
+            h = self.lm_head(self.norm(h))
+        return h
+
+
+class _MultiHeadLlama(nn.Module):
+    """A LLaMA split into a shared ``trunk`` (embedding + first L−b layers) and H ``heads``
+    (b layers + final RMSNorm + ``lm_head`` each); ``forward(input_ids)`` gives ``[H, B, T, V]``.
+
+    Independent mode: an empty trunk and H full LLaMAs as heads. Position embeddings (RoPE) and the
+    causal mask are computed once, exactly as ``LlamaModel.forward`` does (transformers 5.x), and
+    passed to every decoder layer.
+    """
+
+    def __init__(self, config_kwargs: dict, num_heads: int, blocks_in_head: int, independent: bool) -> None:
+        super().__init__()
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        n_layers = config_kwargs["num_hidden_layers"]
+        cut = 0 if independent else n_layers - blocks_in_head
+        self.config = LlamaConfig(**config_kwargs)
+        self.rotary_emb = LlamaRotaryEmbedding(config=self.config)
+        self.trunk = _LlamaStage(config_kwargs, 0, cut, embed=not independent, output=False)
+        self.heads = make_heads(lambda: _LlamaStage(config_kwargs, cut, n_layers - cut, embed=independent, output=True), num_heads)
+        # The causal mask's format must match the attention kernel the layers use (as LlamaModel's config does).
+        self.config._attn_implementation = self.heads[0].attn_implementation
+
+    def _context(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
+        from transformers.masking_utils import create_causal_mask
+
+        position_ids = torch.arange(embeds.shape[1], device=embeds.device).unsqueeze(0)
+        mask = create_causal_mask(config=self.config, inputs_embeds=embeds, attention_mask=attention_mask,
+                                  past_key_values=None, position_ids=position_ids)  # fmt: skip
+        return {"mask": mask, "position_ids": position_ids, "position_embeddings": self.rotary_emb(embeds, position_ids)}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.trunk.embed_tokens is not None:
+            h = self.trunk.embed_tokens(input_ids)
+            ctx = self._context(h, attention_mask)
+            for layer in self.trunk.layers:
+                h = layer(h, attention_mask=ctx["mask"], position_ids=ctx["position_ids"],
+                          position_embeddings=ctx["position_embeddings"])  # fmt: skip
+            return torch.stack([head(h, ctx) for head in self.heads])  # Sec. 3: z_k = head_k(backbone(x))
+        probe = self.heads[0].embed_tokens.weight.new_empty(*input_ids.shape, self.config.hidden_size)
+        ctx = self._context(probe, attention_mask)
+        return torch.stack([head(input_ids, ctx) for head in self.heads])
+
+
+class NeuroTrailsAveragedLM(nn.Module):
+    """The exported ensemble for zero-shot evaluation (lm-eval): ``forward(input_ids)`` returns the
+    averaged head logits z̄ ``[B, T, V]`` (§2). :meth:`save` / :meth:`load` round-trip it through one
+    file (neurotrails.md §4, defect 1).
+
+    Args:
+        config_kwargs: the ``LlamaConfig`` kwargs of the unsplit model.
+        num_heads: H.
+        blocks_in_head: b.
+        ensemble_mode: ``"shared"`` or ``"independent"``.
+    """
+
+    def __init__(self, config_kwargs: dict, num_heads: int, blocks_in_head: int, ensemble_mode: str) -> None:
+        super().__init__()
+        self.spec = {"config_kwargs": dict(config_kwargs), "num_heads": num_heads,
+                     "blocks_in_head": blocks_in_head, "ensemble_mode": ensemble_mode}  # fmt: skip
+        self.net = _MultiHeadLlama(config_kwargs, num_heads, blocks_in_head, ensemble_mode == "independent")
+        attach_masks(self.net)  # the trained masks travel with the weights (inactive weights are exactly 0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(input_ids, attention_mask).mean(dim=0)  # Sec. 3: z̄ = (1/H) Σ_k z_k
+
+    def save(self, path: str) -> None:
+        """Write the constructor arguments and the weights to ``path`` (``torch.save``)."""
+        torch.save({"spec": self.spec, "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str, map_location: str | torch.device = "cpu") -> "NeuroTrailsAveragedLM":
+        """Rebuild the model written by :meth:`save` (``weights_only`` load)."""
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        model = cls(**blob["spec"])
+        model.load_state_dict(blob["state_dict"])
+        return model.eval()
+
+
+class NeuroTrailsLM(_NeuroTrailsBase):
+    """Multi-head LLaMA: a shared backbone (embedding + first L−b decoder layers) and H heads
+    (b decoder layers + final RMSNorm + ``lm_head`` each, each freshly initialised), §2.
+
+    Batches are ``{"input_ids", "labels"}`` with labels already shifted (``TextCorpusDataModule``).
+    Mask buffers sit on every 2-D weight (every linear, the embedding and each ``lm_head``); the
+    ``SparseTopology`` callback (preset ``neurotrails_lm``) picks the sparse ones.
+
+    Args:
+        shape: a ``trainer.text.LLAMA_SHAPES`` name (``llama_tiny``, ``llama_130m``, ``llama_350m``, ...); no default.
+        vocab_size: override of the shape's vocabulary; ``None`` (default) keeps it.
+        hidden_size: override of the hidden size; ``None`` (default) keeps it.
+        intermediate_size: override of the SwiGLU width; ``None`` (default) keeps it.
+        num_attention_heads: override of the attention heads; ``None`` (default) keeps it.
+        num_hidden_layers: override of L; ``None`` (default) keeps it.
+        max_position_embeddings: override of the context; ``None`` (default) keeps it.
+        num_heads: H; default 3 (§3, code).
+        blocks_in_head: b, decoder layers per head (0 ≤ b ≤ L); ``None`` (default) = 2L/3 rounded
+            down, the authors' split (8 of 12 for 130M, 16 of 24 for 350M, §3).
+        ensemble_mode: ``"shared"`` (default) or ``"independent"`` (H full LLaMAs, the full ensemble).
+        optimizer: the injected optimizer; default ``torch.optim.Adam`` (the YAMLs set lr 1.5e-3, §3).
+        scheduler: the injected lr scheduler, or ``None`` (default).
+        scheduler_interval: ``"step"`` (default) or ``"epoch"``.
+    """
+
+    unit_test_datamodule = "TextCorpusDataModule"
+
+    def __init__(
+        self,
+        shape: str,
+        vocab_size: int | None = None,
+        hidden_size: int | None = None,
+        intermediate_size: int | None = None,
+        num_attention_heads: int | None = None,
+        num_hidden_layers: int | None = None,
+        max_position_embeddings: int | None = None,
+        num_heads: int = 3,
+        blocks_in_head: int | None = None,
+        ensemble_mode: str = "shared",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: str = "step",
+    ) -> None:
+        cfg = _llama_config(shape, {"vocab_size": vocab_size, "hidden_size": hidden_size,
+                                    "intermediate_size": intermediate_size, "num_attention_heads": num_attention_heads,
+                                    "num_hidden_layers": num_hidden_layers,
+                                    "max_position_embeddings": max_position_embeddings})  # fmt: skip
+        super().__init__(num_heads, ensemble_mode, cfg["vocab_size"], optimizer, scheduler, scheduler_interval, 15)
+        self.save_hyperparameters()
+        n_layers = cfg["num_hidden_layers"]
+        b = 2 * n_layers // 3 if blocks_in_head is None else blocks_in_head
+        if not 0 <= b <= n_layers:
+            raise ValueError(f"blocks_in_head must be in [0, {n_layers}], got {b}")
+        self.config_kwargs = cfg
+        self.blocks_in_head_resolved = b
+        self.net = _MultiHeadLlama(cfg, num_heads, b, ensemble_mode == "independent")
+        self._finish_init()
+
+    @classmethod
+    def unit_test_params(cls) -> dict:
+        """A 2-layer h32 LLaMA (vocab 512, context 64), 2 heads with 1 layer each, masked Adam."""
+        from trainer.sparse import MaskedAdam
+
+        return {"shape": "llama_tiny", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
+                "num_attention_heads": 2, "num_hidden_layers": 2, "max_position_embeddings": 64,
+                "num_heads": 2, "blocks_in_head": 1, "optimizer": MaskedAdam}  # fmt: skip
+
+    def _make_eval_metrics(self) -> nn.ModuleDict:
+        h = self.num_heads
+        return nn.ModuleDict(
+            {
+                "loss_ensemble": MeanMetric(),
+                "loss_heads": nn.ModuleList(MeanMetric() for _ in range(h)),
+                "disagreement": EnsembleDisagreement(num_members=h),
+            }
+        )
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Stacked head logits ``[H, B, T, V]``."""
+        return self.net(input_ids)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        from trainer.text import causal_lm_loss
+
+        logits = self(batch["input_ids"])
+        per_head = torch.stack([causal_lm_loss(z, batch["labels"]) for z in logits])
+        loss = per_head.sum()  # Sec. 3: loss = Σ_k CE(z_k, y), a sum over heads
+        self.train_loss(loss.detach())
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        for k, metric in enumerate(self.train_loss_heads):
+            metric(per_head[k].detach())
+            self.log(f"train/loss_head{k}", metric, on_step=True, on_epoch=True)
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
+        from trainer.text import causal_lm_loss
+
+        labels = batch["labels"]
+        logits = self(batch["input_ids"])
+        n_tok = int((labels != -100).sum())
+        m = self.eval_metrics[stage]
+        m["loss_ensemble"].update(causal_lm_loss(ensemble_logits(logits), labels), weight=n_tok)
+        for k in range(self.num_heads):
+            m["loss_heads"][k].update(causal_lm_loss(logits[k], labels), weight=n_tok)
+        keep = (labels != -100).reshape(-1)
+        m["disagreement"].update(logits.argmax(dim=-1).reshape(self.num_heads, -1)[:, keep])  # Sec. 3: per token
+        self.log(f"{stage}/loss_ensemble", m["loss_ensemble"], on_step=False, on_epoch=True, prog_bar=stage == "val")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        m = self.eval_metrics[stage]
+        if m["disagreement"].update_count > 0:
+            # §3: LM perplexity = exp(CE(z̄, y)) over the validation tokens
+            self.log(f"{stage}/ppl_ensemble", torch.exp(m["loss_ensemble"].compute()), sync_dist=True)
+            for k in range(self.num_heads):
+                self.log(f"{stage}/ppl_head{k}", torch.exp(m["loss_heads"][k].compute()), sync_dist=True)
+                m["loss_heads"][k].reset()
+        super()._eval_epoch_end(stage)
+
+    def predict_step(self, batch: dict[str, torch.Tensor] | torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Ensemble logits z̄ ``[B, T, V]``."""
+        ids = batch["input_ids"] if isinstance(batch, dict) else batch
+        return ensemble_logits(self(ids))
+
+    def export_averaged_logits(self) -> NeuroTrailsAveragedLM:
+        """A plain ``nn.Module`` returning the averaged logits z̄ (for lm-eval), with this model's weights."""
+        out = NeuroTrailsAveragedLM(self.config_kwargs, self.num_heads, self.blocks_in_head_resolved, self.ensemble_mode)
+        out.net.load_state_dict(self.net.state_dict())
+        return out.to(self.device).eval()

@@ -385,3 +385,132 @@ def test_image_datamodule_digits_folder(tmp_path):
     dm.setup("fit")
     assert dm.num_classes == 10 and len(dm.train_set) == 20 and len(dm.val_set) == 20
     assert dm.train_set[0][0].shape == (3, 16, 16)
+
+
+# --------------------------------------------------------------------------- LM part (§2, §3, §6)
+
+import re  # noqa: E402
+
+from modules.neurotrails import NeuroTrailsAveragedLM, NeuroTrailsLM  # noqa: E402
+from trainer.text import LLAMA_SHAPES, build_causal_lm, causal_lm_loss  # noqa: E402
+
+LM_INCLUDE = (r"embed_tokens\.weight$", r"layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$", r"lm_head\.weight$")
+
+
+def _tiny_lm(**kw) -> NeuroTrailsLM:
+    torch.manual_seed(0)
+    return NeuroTrailsLM(**{**NeuroTrailsLM.unit_test_params(), "num_hidden_layers": 3, "num_heads": 3, **kw})
+
+
+def test_lm_shared_params_are_embedding_plus_first_blocks():
+    m = _tiny_lm(blocks_in_head=2)  # L = 3, b = 2
+    trunk = {n for n, _ in m.net.trunk.named_parameters()}
+    assert trunk == {"embed_tokens.weight"} | {n for n in trunk if n.startswith("layers.0.")}
+    assert len(m.net.trunk.layers) == 1 and all(len(h.layers) == 2 for h in m.net.heads)
+    ref = build_causal_lm({**m.config_kwargs, "num_hidden_layers": 1})
+    assert _n_params(m.net.trunk) == _n_params(ref) - _n_params(ref.lm_head) - _n_params(ref.model.norm)
+
+
+def test_lm_head_gradients_are_isolated():
+    m = _tiny_lm(blocks_in_head=1)
+    x = torch.randint(0, 512, (2, 8))
+    for k in range(3):
+        m.zero_grad(set_to_none=True)
+        m(x)[k].sum().backward()
+        for j, head in enumerate(m.net.heads):
+            grads = [p.grad for p in head.parameters()]
+            if j == k:
+                assert any(g is not None and g.abs().sum() > 0 for g in grads)
+            else:
+                assert all(g is None or g.abs().sum() == 0 for g in grads)
+
+
+def test_lm_heads_are_freshly_initialised():
+    m = _tiny_lm(blocks_in_head=1)
+    w = [h.lm_head.weight for h in m.net.heads]
+    q = [h.layers[0].self_attn.q_proj.weight for h in m.net.heads]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not torch.equal(w[i], w[j]) and not torch.equal(q[i], q[j])
+
+
+def test_lm_mask_set_contains_embedding_and_every_lm_head():
+    m = _tiny_lm(blocks_in_head=1)
+    names = [n for n in m.mask_set() if any(re.search(p, n) for p in LM_INCLUDE)]
+    assert "net.trunk.embed_tokens.weight" in names
+    assert all(f"net.heads.{k}.lm_head.weight" in names for k in range(3))
+    assert set(names) == set(m.mask_set())  # every 2-D weight is selected
+    assert all(e.weight.dim() == 2 for e in m.mask_set().values())
+
+
+def test_lm_param_counts_130m_on_meta():
+    def count(**kw) -> int:
+        with torch.device("meta"):
+            return _n_params(NeuroTrailsLM(shape="llama_130m", **kw).net)
+
+    single = count(num_heads=1, blocks_in_head=0)
+    treenet = count(num_heads=3, blocks_in_head=8)
+    full = count(num_heads=3, ensemble_mode="independent")
+    assert round(single / 1e6) == 134  # §3 table
+    assert round(treenet / 1e6) == 297
+    assert round(full / 1e6) == 402
+    assert full == 3 * single
+
+
+def test_lm_h1_split_equals_unsplit_hf_llama():
+    """H = 1: the split forward (manual RoPE and causal mask) gives the HF model's logits exactly."""
+    for b in (0, 1, 3):
+        m = _tiny_lm(num_heads=1, blocks_in_head=b).eval()
+        ref = build_causal_lm(m.config_kwargs).eval()
+        layers = [*m.net.trunk.layers, *m.net.heads[0].layers]
+        sd = {"model.embed_tokens.weight": m.net.trunk.embed_tokens.weight,
+              "model.norm.weight": m.net.heads[0].norm.weight, "lm_head.weight": m.net.heads[0].lm_head.weight}  # fmt: skip
+        for i, layer in enumerate(layers):
+            sd.update({f"model.layers.{i}.{n}": p for n, p in layer.named_parameters()})
+        ref.load_state_dict(sd, strict=True)
+        x = torch.randint(0, 512, (2, 20))
+        with torch.no_grad():
+            torch.testing.assert_close(m(x)[0], ref(x).logits, rtol=0, atol=1e-5)
+            # a padding mask is honoured the same way
+            am = torch.ones_like(x)
+            am[0, :5] = 0
+            torch.testing.assert_close(m.net(x, am)[0], ref(x, attention_mask=am).logits, rtol=0, atol=1e-5)
+
+
+def test_lm_loss_is_sum_over_heads():
+    m = _tiny_lm(blocks_in_head=1)
+    batch = {"input_ids": torch.randint(0, 512, (2, 8)), "labels": torch.randint(0, 512, (2, 8))}
+    logits = m(batch["input_ids"])
+    expect = sum(causal_lm_loss(z, batch["labels"]) for z in logits)
+    m.log = lambda *a, **k: None
+    torch.testing.assert_close(m.training_step(batch, 0), expect)
+
+
+@pytest.mark.parametrize("mode", ["shared", "independent"])
+def test_lm_export_averaged_logits_save_load_round_trip(tmp_path, mode):
+    m = _tiny_lm(blocks_in_head=1, ensemble_mode=mode).eval()
+    exported = m.export_averaged_logits()
+    assert type(exported) is NeuroTrailsAveragedLM
+    x = torch.randint(0, 512, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), m(x).mean(0), rtol=0, atol=0)
+        exported.save(str(tmp_path / "ens.pt"))
+        loaded = NeuroTrailsAveragedLM.load(str(tmp_path / "ens.pt"))
+        assert torch.equal(loaded(x), exported(x))
+
+
+def test_lm_plays_fit_logs_ppl_and_disagreement(tmp_path):
+    from datamodules import TextCorpusDataModule
+
+    pl.seed_everything(0)
+    m = NeuroTrailsLM(**NeuroTrailsLM.unit_test_params())
+    dm = TextCorpusDataModule(**TextCorpusDataModule.unit_test_params())
+    trainer = _quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0,
+                             default_root_dir=str(tmp_path))
+    trainer.fit(m, datamodule=dm)
+    logged = trainer.callback_metrics
+    for key in ("train/loss", "train/loss_head0", "val/loss_ensemble", "val/ppl_ensemble", "val/ppl_head1",
+                "val/disagreement", "val/disagreement_code"):  # fmt: skip
+        assert key in logged and math.isfinite(float(logged[key])), key
+    assert float(logged["val/ppl_ensemble"]) == pytest.approx(math.exp(float(logged["val/loss_ensemble"])), rel=1e-4)
+    assert float(logged["val/disagreement_code"]) == pytest.approx(0.5 * float(logged["val/disagreement"]), abs=1e-6)

