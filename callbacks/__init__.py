@@ -1,8 +1,16 @@
 """Cross-cutting Lightning callbacks; short class names resolve in YAML through ``__all__``."""
 
+from callbacks.loss_spike_probe import LossSpikeProbe
 from callbacks.rank_consistency import RankConsistencyCheck
-from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
 from callbacks.regrowth_warmup import RegrowthWarmup
+from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
 from callbacks.sparse_topology import SparseTopology
 
-__all__: list[str] = ["NonFiniteLossGuard", "SignalCheckpoint", "RankConsistencyCheck", "SparseTopology", "RegrowthWarmup"]
+__all__: list[str] = [
+    "NonFiniteLossGuard",
+    "SignalCheckpoint",
+    "RankConsistencyCheck",
+    "SparseTopology",
+    "RegrowthWarmup",
+    "LossSpikeProbe",
+]

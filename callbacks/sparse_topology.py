@@ -308,6 +308,13 @@ class SparseTopology(StatefulCallback):
             # initial index is drawn by the layer itself (trainer.sparse.compact), so nothing is re-drawn here.
             self._layers(pl_module)
             self.counts = [entries[n].mask.numel() for n in names]
+            total = sum(self._numel(n, entries[n]) for n in names)
+            actual = sum(self.counts) / total
+            if self.density is not None and abs(actual - self.density) > len(names) / total:
+                raise ValueError(
+                    f"SparseTopology: density {self.density} was given, but the compact layers were built at "
+                    f"density {actual:.4f}; a compact layer's size is fixed by its module (set the density there)"
+                )
             self._initialised = True
             return
         shapes = [tuple(entries[n].weight.shape) for n in names]
@@ -582,7 +589,7 @@ class SparseTopology(StatefulCallback):
         grad = self._stash.get(n)
         g = None if grad is None else grad.reshape(-1)
         order = torch.argsort(index)  # slots in ascending flat position
-        active = index[order]
+        active = index[order].long()
         w = values.detach()[order]
         gen_drop = layer_generator(self.seed, "drop", t, idx) if cfg.drop in _RANDOM_DROP else None
         g_active = g[active] if (g is not None and cfg.drop in GRADIENT_CRITERIA) else None
@@ -601,7 +608,7 @@ class SparseTopology(StatefulCallback):
         newly_active, removed, kept = grown[~in_d], dropped[~in_r], grown[in_d]
         slots = drop_slots[~in_r]  # ascending flat position of D \ R
         with torch.no_grad():
-            index[slots] = newly_active.to(index.device)  # dst_core §1: index[j] rewritten in place
+            index[slots] = newly_active.to(index.device, index.dtype)  # dst_core §1: index[j] rewritten in place
             values.data[slots] = 0  # dst_core §3: R \ A starts at weight 0
         for opt in self._owners.get(n, []):
             reset_entries(opt, values, slots, cfg.state_policy, removed=False)  # dst_core §5: slot j reset

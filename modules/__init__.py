@@ -1,6 +1,6 @@
 """LightningModules, one file per paper; short class names resolve in YAML through ``__all__``."""
 
 from modules.neurotrails import NeuroTrailsLM, NeuroTrailsMLP, NeuroTrailsResNet
+from modules.smet import SMETLlama
 
-__all__: list[str] = ["NeuroTrailsMLP", "NeuroTrailsResNet"]
-__all__ += ["NeuroTrailsLM"]
+__all__: list[str] = ["NeuroTrailsMLP", "NeuroTrailsResNet", "NeuroTrailsLM", "SMETLlama"]

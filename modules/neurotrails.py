@@ -56,6 +56,7 @@ from trainer.metrics import EnsembleDisagreement, ExpectedCalibrationError, Nega
 from trainer.optimization import configure_optimization, split_decay_groups
 from trainer.plots import heatmap_figure, log_figure
 from trainer.sparse import MaskedModuleMixin, attach_masks
+from trainer.text import llama_config
 from trainer.vision import MultiHeadNet, make_heads, resnet_bottleneck_stack, split_stack, wrn_stack
 
 __all__ = [
@@ -442,18 +443,6 @@ class NeuroTrailsResNet(_NeuroTrailsBase):
 # --------------------------------------------------------------------------- language model (Sec. 3, §2)
 
 
-def _llama_config(shape: str, overrides: dict) -> dict:
-    """LlamaConfig kwargs of a ``trainer.text.LLAMA_SHAPES`` name with non-``None`` integer overrides."""
-    from trainer.text import LLAMA_SHAPES
-
-    if shape not in LLAMA_SHAPES:
-        raise ValueError(f"unknown LLaMA shape {shape!r}; known: {sorted(LLAMA_SHAPES)}")
-    cfg = dict(LLAMA_SHAPES[shape])
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    cfg["tie_word_embeddings"] = False  # §3: "untied heads"; every head owns its lm_head
-    return cfg
-
-
 class _LlamaStage(nn.Module):
     """Part of a LLaMA: optional ``embed_tokens``, a run of decoder ``layers``, optional ``norm`` + ``lm_head``."""
 
@@ -604,7 +593,7 @@ class NeuroTrailsLM(_NeuroTrailsBase):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "step",
     ) -> None:
-        cfg = _llama_config(shape, {"vocab_size": vocab_size, "hidden_size": hidden_size,
+        cfg = llama_config(shape, {"vocab_size": vocab_size, "hidden_size": hidden_size,
                                     "intermediate_size": intermediate_size, "num_attention_heads": num_attention_heads,
                                     "num_hidden_layers": num_hidden_layers,
                                     "max_position_embeddings": max_position_embeddings})  # fmt: skip

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import torch
+import math
 
-__all__ = ["configure_optimization", "split_decay_groups"]
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["WarmupCosineLR", "configure_optimization", "split_decay_groups", "warmup_cosine_factor"]
 
 
 def split_decay_groups(module: torch.nn.Module, sparse_names: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -73,3 +76,50 @@ def configure_optimization(
     if scheduler is None:
         return opt
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": interval}}
+
+
+def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """lr / peak at ``step``: linear from 0 to 1 over ``warmup_steps``, then cosine from 1 to ``min_ratio``
+    at ``total_steps`` (held there after). smet.md §3: "linear warm-up over 5% of steps, then cosine to
+    0.1×peak" (the GaLore/SMET code's schedule)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return step / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosineLR(LambdaLR):
+    """Linear warm-up, then cosine decay to ``min_ratio`` × the base lr (:func:`warmup_cosine_factor`).
+
+    Step it every optimizer step (``scheduler_interval: step``).
+
+    Args:
+        optimizer: the optimizer (injected by ``LRSchedulerCallable``).
+        total_steps: T, the optimizer steps of the run.
+        warmup_fraction: warm-up steps as a fraction of T (SMET: 0.05). Default 0.05.
+        min_ratio: the final lr as a fraction of the peak (SMET: 0.1). Default 0.1.
+        warmup_steps: explicit warm-up steps, overriding ``warmup_fraction``; ``None`` (default) derives them.
+        last_epoch: as for every torch scheduler. Default -1.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_fraction: float = 0.05,
+        min_ratio: float = 0.1,
+        warmup_steps: int | None = None,
+        last_epoch: int = -1,
+    ) -> None:
+        if total_steps < 1:
+            raise ValueError(f"WarmupCosineLR: total_steps must be positive, got {total_steps}")
+        if not 0.0 <= warmup_fraction < 1.0 or not 0.0 <= min_ratio <= 1.0:
+            raise ValueError(f"WarmupCosineLR: warmup_fraction in [0, 1) and min_ratio in [0, 1] ({warmup_fraction}, {min_ratio})")
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(round(warmup_fraction * total_steps)) if warmup_steps is None else int(warmup_steps)
+        self.min_ratio = float(min_ratio)
+        super().__init__(optimizer, self._factor, last_epoch)
+
+    def _factor(self, step: int) -> float:
+        return warmup_cosine_factor(step, self.total_steps, self.warmup_steps, self.min_ratio)

@@ -9,7 +9,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["MaskEntry", "HasMasks", "HasLrMultiplier"]
+__all__ = ["MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss"]
 
 
 class MaskEntry(NamedTuple):
@@ -38,3 +38,12 @@ class HasLrMultiplier(Protocol):
     """A module whose ``configure_optimizers`` multiplies sparse (or all) group lrs by ``lr_multiplier``."""
 
     lr_multiplier: float
+
+
+@runtime_checkable
+class HasBatchLoss(Protocol):
+    """A module that scores one batch without side effects: ``batch_loss(batch)`` is the mean loss (a
+    0-d tensor) and logs nothing; callbacks such as ``LossSpikeProbe`` call it under ``no_grad``."""
+
+    def batch_loss(self, batch: object) -> torch.Tensor:  # pragma: no cover - protocol
+        ...

@@ -61,6 +61,7 @@ __all__ = [
     "list_text_files",
     "llama_param_count",
     "load_dataset_texts",
+    "llama_config",
     "load_tokenizer",
     "pack_tokens",
     "read_documents",
@@ -336,6 +337,21 @@ LLAMA_SHAPES: dict[str, dict[str, Any]] = {
     # "1B h2048/L24/ff5461/32" (smet.md §2)
     "llama_1b": {**_GALORE, "hidden_size": 2048, "intermediate_size": 5461, "num_attention_heads": 32, "num_hidden_layers": 24},
 }  # fmt: skip
+
+
+def llama_config(shape: str, overrides: dict[str, Any] | None = None, untied: bool = True) -> dict[str, Any]:
+    """``LlamaConfig`` kwargs of a :data:`LLAMA_SHAPES` name with the non-``None`` ``overrides`` applied.
+
+    ``untied`` forces ``tie_word_embeddings: False`` (the GaLore/SMET and NeuroTrails models have their own
+    ``lm_head``). ValueError for an unknown shape.
+    """
+    if shape not in LLAMA_SHAPES:
+        raise ValueError(f"unknown LLaMA shape {shape!r}; known: {sorted(LLAMA_SHAPES)}")
+    cfg = dict(LLAMA_SHAPES[shape])
+    cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if untied:
+        cfg["tie_word_embeddings"] = False
+    return cfg
 
 
 def llama_param_count(shape: dict[str, Any]) -> int:

@@ -1,7 +1,7 @@
 """The compact sparse layout of dst_core.md §1 (SMET): only the active entries are parameters.
 
-A :class:`CompactSparseLinear` holds a 1-D ``nn.Parameter`` ``values`` (length c) and a persistent int64
-buffer ``index`` of unique flat positions into the ``(out_features, in_features)`` weight. The forward
+A :class:`CompactSparseLinear` holds a 1-D ``nn.Parameter`` ``values`` (length c) and a persistent
+integer buffer ``index`` of unique flat positions into the ``(out_features, in_features)`` weight. The forward
 scatters ``values`` into a transient zero matrix and applies ``F.linear``, so ``values.grad`` is already
 compact (c floats) and the optimizer state is 1-D, aligned slot-for-slot with ``index``. A topology
 update rewrites ``index[j]``, ``values[j]`` and slot j of the optimizer state in place; no parameter or
@@ -11,6 +11,11 @@ Its mask-set entry (:func:`trainer.sparse.masks.collect_mask_set`) is ``MaskEntr
 "compact")``. Gradient criteria (dst_core §6): while ``keep_dense_grad`` is true (set by
 ``SparseTopology`` on the micro-batches of update steps only) the layer sums the gradient of its
 materialised dense weight over micro-batches into ``dense_grad``; the callback all-reduces it once.
+
+``index`` is int32 whenever the dense weight has fewer than 2**31 entries (every LLaMA projection up to
+1B: the largest is 2048×5461), int64 otherwise. dst_core §1 names an int64 buffer; int32 halves the index
+overhead, which issue 3's memory target (state of a 10%-dense layer ≤ 0.15 of dense AdamW, index
+included) needs. The forward uses ``index_put``, which takes int32 indices without a conversion.
 
 The initial index is exact-count and deterministic: the top-c of a uniform score drawn from
 ``layer_generator(seed, "init", 0, layer_index)`` (dst_core §2, §7), i.e. the same positions as the dense
@@ -29,10 +34,15 @@ from torch import nn
 
 from trainer.sparse.init import init_mask
 
-__all__ = ["CompactSparseLinear", "compact_count", "compact_from_linear", "compactify_linears", "compact_layers"]
+__all__ = ["CompactSparseLinear", "compact_count", "index_dtype", "compact_from_linear", "compactify_linears", "compact_layers"]
 
 # LLaMA projections made sparse by SMET (smet.md §3: q, k, v, o, gate, up, down)
 LLAMA_SPARSE_PATTERNS: tuple[str, ...] = (r"(^|\.)(q|k|v|o|gate|up|down)(_proj)?$",)
+
+
+def index_dtype(numel: int) -> torch.dtype:
+    """The dtype of a compact ``index`` into ``numel`` positions: int32 below 2**31, else int64."""
+    return torch.int32 if numel < 2**31 else torch.long
 
 
 def compact_count(numel: int, density: float) -> int:
@@ -83,7 +93,7 @@ class CompactSparseLinear(nn.Module):
         self.seed = int(seed)
         self.layer_index = int(layer_index)
         index = init_mask(n, int(count), seed, layer_index).nonzero().squeeze(1)  # dst_core §2: exact count
-        self.register_buffer("index", index.to(device=device, dtype=torch.long), persistent=True)
+        self.register_buffer("index", index.to(device=device, dtype=index_dtype(n)), persistent=True)
         if weight is None:
             bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
             vals = torch.empty(int(count), device=device, dtype=dtype).uniform_(-bound, bound)
@@ -117,7 +127,7 @@ class CompactSparseLinear(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         """The dense weight: ``values`` scattered into zeros at ``index`` (differentiable, transient)."""
         flat = self.values.new_zeros(self.dense_numel)
-        return flat.scatter(0, self.index, self.values).view(self.weight_shape)
+        return flat.index_put((self.index,), self.values).view(self.weight_shape)
 
     def _accumulate(self, grad: torch.Tensor) -> None:
         if self.dense_grad is None:

@@ -32,6 +32,7 @@ __all__ = [
     "LOCAL_STEP_POLICIES",
     "WARMUP_MODES",
     "WARMUP_SCOPES",
+    "STEP_DTYPES",
     "MaskedAdam",
     "MaskedSGD",
     "reset_entries",
@@ -47,6 +48,9 @@ LOCAL_STEP_POLICIES: frozenset[str] = frozenset({"P2", "P3", "P4"})
 WARMUP_MODES: tuple[str, ...] = ("m_damping", "linear_lr")
 WARMUP_SCOPES: tuple[str, ...] = ("regrown", "sparse", "all")
 _STEP_I = "step_i"
+#: dtypes of the per-entry step counter (dst_core §5: int32; int16 saturating as an option, smet.md §2)
+STEP_DTYPES: dict[str, torch.dtype] = {"int32": torch.int32, "int16": torch.int16}
+INT16_MAX = 32767
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,7 +146,7 @@ class _MaskedOptimizerMixin:
             masks: ``{parameter: bool mask}``; the mask has the parameter's (global) shape and is kept
                 by reference, so in-place edits of the module's buffer take effect at once. For a
                 DTensor parameter the mask is sliced to its local shard. Compact layout (dst_core §1):
-                ``{values: index}`` with a 1-D parameter and an int64 ``index`` of the same length;
+                ``{values: index}`` with a 1-D parameter and an int32/int64 ``index`` of the same length;
                 every slot is active and the state is 1-D, aligned slot-for-slot with ``index``.
             state_policy: when given, set on every param group that holds a masked parameter.
             **group_options: other group settings to set there (``reset_step``, ``warmup_steps``,
@@ -152,7 +156,7 @@ class _MaskedOptimizerMixin:
         for p, mask in masks.items():
             if p not in owned:
                 raise ValueError(f"attach_masks: a parameter of shape {tuple(p.shape)} is not in this optimizer")
-            compact = mask.dtype == torch.long and mask.dim() == 1 and p.dim() == 1 and mask.numel() == p.numel()
+            compact = mask.dtype in (torch.int32, torch.long) and mask.dim() == 1 and p.dim() == 1 and mask.numel() == p.numel()
             if not compact and (tuple(mask.shape) != tuple(p.shape) or mask.dtype != torch.bool):
                 raise ValueError(
                     f"attach_masks: mask {tuple(mask.shape)} {mask.dtype} does not fit parameter {tuple(p.shape)}"
@@ -250,6 +254,10 @@ class MaskedAdam(_MaskedOptimizerMixin, Optimizer):
         warmup_mode: ``m_damping`` (stored m *= min(s/W, 1), compounding) or ``linear_lr`` (lr·min(s/W, 1)).
         warmup_scope: ``regrown`` (reset entries only), ``sparse`` (also the initial sparse entries during
             the first W steps) or ``all`` (also the dense tensors).
+        step_dtype: dtype of the per-entry counters s_i of P2/P3: ``int32`` (default, dst_core §5) or
+            ``int16``, which saturates at 32767 (smet.md §2: "int16 saturating as an option"; 2 bytes per
+            entry instead of 4). Saturation is exact in fp32 bias correction: β2^32767 ≈ 6e-15, far below
+            fp32 resolution of 1, so 1 − β^s is 1.0 either way; W must then stay below 32767.
     """
 
     def __init__(
@@ -264,6 +272,7 @@ class MaskedAdam(_MaskedOptimizerMixin, Optimizer):
         warmup_steps: int = 0,
         warmup_mode: str = "m_damping",
         warmup_scope: str = "regrown",
+        step_dtype: str = "int32",
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError("lr, eps and weight_decay must be non-negative")
@@ -271,6 +280,10 @@ class MaskedAdam(_MaskedOptimizerMixin, Optimizer):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
         if warmup_mode not in WARMUP_MODES or warmup_scope not in WARMUP_SCOPES:
             raise ValueError(f"warmup_mode must be one of {WARMUP_MODES}, warmup_scope one of {WARMUP_SCOPES}")
+        if step_dtype not in STEP_DTYPES:
+            raise ValueError(f"step_dtype must be one of {tuple(STEP_DTYPES)}, got {step_dtype!r}")
+        if step_dtype == "int16" and int(warmup_steps) >= INT16_MAX:
+            raise ValueError(f"warmup_steps {warmup_steps} does not fit int16 step counters (max {INT16_MAX - 1})")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -281,16 +294,19 @@ class MaskedAdam(_MaskedOptimizerMixin, Optimizer):
             warmup_steps=int(warmup_steps),
             warmup_mode=warmup_mode,
             warmup_scope=warmup_scope,
+            step_dtype=step_dtype,
         )
         super().__init__(params, defaults)
         self._init_masking()
 
-    def _init_state(self, p: torch.Tensor, state: dict[str, Any], policy: str, masked: bool) -> None:
+    def _init_state(
+        self, p: torch.Tensor, state: dict[str, Any], policy: str, masked: bool, group: dict[str, Any]
+    ) -> None:
         state["step"] = torch.tensor(0.0, dtype=torch.float32)
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if masked and policy in LOCAL_STEP_POLICIES:
-            state[_STEP_I] = torch.zeros_like(p, dtype=torch.int32)
+            state[_STEP_I] = torch.zeros_like(p, dtype=STEP_DTYPES[group.get("step_dtype", "int32")])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -309,14 +325,18 @@ class MaskedAdam(_MaskedOptimizerMixin, Optimizer):
                 compact = p in self._compact  # every slot active: no masking, per-slot state
                 state = self.state[p]
                 if not state:
-                    self._init_state(p, state, policy, mask is not None or compact)
+                    self._init_state(p, state, policy, mask is not None or compact, group)
                 elif (mask is not None or compact) and policy in LOCAL_STEP_POLICIES and _STEP_I not in state:
                     # a policy switched on after the state exists: active entries count as never reset
-                    state[_STEP_I] = torch.zeros_like(p, dtype=torch.int32)
+                    dtype = STEP_DTYPES[group.get("step_dtype", "int32")]
+                    state[_STEP_I] = torch.zeros_like(p, dtype=dtype)
+                    start = int(state["step"].item())
+                    if dtype == torch.int16:
+                        start = min(start, INT16_MAX)
                     if compact:
-                        local_tensor(state[_STEP_I]).fill_(int(state["step"].item()))
+                        local_tensor(state[_STEP_I]).fill_(start)
                     else:
-                        local_tensor(state[_STEP_I]).masked_fill_(mask, int(state["step"].item()))
+                        local_tensor(state[_STEP_I]).masked_fill_(mask, start)
                 self._update(p, mask, state, group, policy, compact)
                 _remask_p5(self, p, policy)
         return loss
@@ -347,17 +367,20 @@ class MaskedAdam(_MaskedOptimizerMixin, Optimizer):
         rho: torch.Tensor | float = 1.0
         if (mask is not None or compact) and policy in LOCAL_STEP_POLICIES and _STEP_I in state:
             s = local_tensor(state[_STEP_I])
-            if compact:
-                s.add_(1)  # dst_core §5: s_i += 1 (compact: every slot is active)
-            else:
-                s.add_(mask.to(torch.int32))  # dst_core §5: s_i += 1 at active entries
+            inc = torch.ones_like(s, dtype=torch.bool) if compact else mask  # compact: every slot is active
+            if s.dtype == torch.int16:
+                inc = inc & (s < INT16_MAX)  # saturating int16 counter
+            s.add_(inc.to(s.dtype))  # dst_core §5: s_i += 1 at active entries
             tau = s.to(m.dtype)  # dst_core §5: τ_i = s_i (P2–P4)
             if policy == "P3" and W > 0:
+                if s.dtype == torch.int16 and W >= INT16_MAX:
+                    raise ValueError(f"warmup_steps {W} does not fit int16 step counters (max {INT16_MAX - 1})")
                 warming = s < W
                 if mask is not None:
                     warming &= mask
                 if scope == "regrown":
-                    warming &= s < int(t)  # dst_core §5: warming(i) = s_i < W and s_i < t
+                    t_cap = min(int(t), INT16_MAX) if s.dtype == torch.int16 else int(t)  # saturated: s == t_cap
+                    warming &= s < t_cap  # dst_core §5: warming(i) = s_i < W and s_i < t
                 factor = torch.where(warming, tau / W, torch.ones_like(tau))  # min(s_i/W, 1)
                 if mode == "m_damping":
                     m.mul_(factor)  # dst_core §5: m_i *= min(s_i/W, 1), stored back
