@@ -1,5 +1,6 @@
 """Cross-cutting Lightning callbacks; short class names resolve in YAML through ``__all__``."""
 
+from callbacks.global_batch import GlobalBatchSize
 from callbacks.loss_spike_probe import LossSpikeProbe
 from callbacks.rank_consistency import RankConsistencyCheck
 from callbacks.regrowth_warmup import RegrowthWarmup
@@ -13,4 +14,5 @@ __all__: list[str] = [
     "SparseTopology",
     "RegrowthWarmup",
     "LossSpikeProbe",
+    "GlobalBatchSize",
 ]

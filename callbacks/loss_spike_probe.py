@@ -36,7 +36,7 @@ from trainer.protocols import HasBatchLoss, HasMasks
 from trainer.sparse.compact import compact_layers
 from trainer.sparse.optim import optimizer_state_bytes
 from trainer.sparse.schedules import is_update_step
-from trainer.sparse.spikes import loss_spike, regrown_update_ratio, update_step_of_window
+from trainer.sparse.spikes import loss_spike, regrown_update_ratio, windows_holding
 
 __all__ = ["LossSpikeProbe"]
 
@@ -217,18 +217,22 @@ class LossSpikeProbe(StatefulCallback):
             layers = compact_layers(pl_module)
             dense_n = sum(layers[id(p)].dense_numel if id(p) in layers else p.numel() for p in pl_module.parameters())
             metrics[f"{self.name}/dense_adam_state_bytes"] = float(8 * dense_n)  # m, v fp32 per entry
-        u = update_step_of_window(t, self.is_update, int(self.before), int(self.after))
-        if u is not None:
+        windows = windows_holding(t, self.is_update, int(self.before), int(self.after))
+        spike_at: int | None = None
+        if windows:
             self.losses[t] = self._probe_loss(pl_module)  # L(t) on the fixed held-out batch
+        for u in windows:
             if t == u and self.track_updates and self._topology is not None and isinstance(pl_module, HasMasks):
                 grown = {n: g.long().cpu() for n, g in self._topology.last_grown.items()}
                 self.snapshot = {"step": u, "weights": self._flat_weights(pl_module), "regrown": grown}
             if t == u + int(self.after):
+                spike_at = u
                 metrics.update(self._close_window(trainer, pl_module, u))
-        if metrics:
-            for logger in trainer.loggers:
-                if f"{self.name}/spike" in metrics:
-                    logger.log_metrics({f"{self.name}/spike": metrics.pop(f"{self.name}/spike")}, step=u)
+        spike = metrics.pop(f"{self.name}/spike", None)
+        for logger in trainer.loggers:
+            if spike is not None:
+                logger.log_metrics({f"{self.name}/spike": spike}, step=spike_at)  # at the update step t_j
+            if metrics:
                 logger.log_metrics(metrics, step=t)
 
     def _close_window(self, trainer: Trainer, pl_module: LightningModule, u: int) -> dict[str, float]:

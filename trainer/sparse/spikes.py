@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-__all__ = ["loss_spike", "probe_steps", "update_step_of_window", "regrown_update_ratio"]
+__all__ = ["loss_spike", "probe_steps", "windows_holding", "regrown_update_ratio"]
 
 
 def probe_steps(update_steps: Iterable[int], before: int = 5, after: int = 10) -> set[int]:
@@ -24,12 +24,9 @@ def probe_steps(update_steps: Iterable[int], before: int = 5, after: int = 10) -
     return out
 
 
-def update_step_of_window(t: int, is_update: Callable[[int], bool], before: int = 5, after: int = 10) -> int | None:
-    """The update step u whose window [u − before, u + after] holds t (the latest such u), or ``None``."""
-    for u in range(t + before, t - after - 1, -1):
-        if u > 0 and is_update(u):
-            return u
-    return None
+def windows_holding(t: int, is_update: Callable[[int], bool], before: int = 5, after: int = 10) -> list[int]:
+    """The update steps u (ascending) whose window [u − before, u + after] holds step t."""
+    return [u for u in range(max(t - after, 1), t + before + 1) if is_update(u)]
 
 
 def loss_spike(losses: Mapping[int, float], update_step: int, before: int = 5, after: int = 10) -> float:
