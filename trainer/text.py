@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 __all__ = [
     "EOS_TOKEN",
@@ -50,6 +50,8 @@ __all__ = [
     "LLAMA_SHAPES",
     "PAD_TOKEN",
     "PackedTokenBlocks",
+    "StreamingTokenBlocks",
+    "open_text_stream",
     "build_causal_lm",
     "causal_lm_loss",
     "check_lm_compat",
@@ -304,6 +306,76 @@ class PackedTokenBlocks(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         block = self.blocks[i]
         return {"input_ids": block[:-1], "labels": block[1:]}
+
+
+def open_text_stream(name: str, config: str | None, split: str, text_column: str = "text") -> Any:
+    """A streaming ``datasets.IterableDataset`` of one split: a local ``save_to_disk`` directory, a local
+    folder of data files, or a Hub name (C4: ``allenai/c4``, ``en``). ValueError naming it when unavailable."""
+    import datasets
+
+    try:
+        saved = any((Path(name) / f).is_file() for f in ("dataset_dict.json", "state.json"))
+        if Path(name).is_dir() and saved:  # written by save_to_disk
+            ds = datasets.load_from_disk(name)
+            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+            ds = ds.to_iterable_dataset()
+        else:
+            ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as err:  # noqa: BLE001 - offline: ConnectionError, OfflineModeIsEnabled, FileNotFound
+        raise ValueError(f"dataset {name!r} (split {split!r}) cannot be streamed: {type(err).__name__}: {err}"[:300]) from None
+    names = getattr(ds, "column_names", None)
+    if names is not None and text_column not in names:
+        raise ValueError(f"dataset {name!r} has no column {text_column!r} (columns: {names})")
+    return ds
+
+
+class StreamingTokenBlocks(IterableDataset):
+    """Packed blocks from a stream of documents, tokenized on the fly (paper-scale C4, smet.md §5).
+
+    Documents are joined with EOS and cut into ``seq_len + 1``-token blocks with stride ``seq_len``,
+    exactly as :func:`pack_tokens` does for an in-memory corpus. ``skip_blocks`` drops the first blocks of
+    the stream (resume: the datamodule skips what the checkpointed steps consumed). With DataLoader
+    workers, worker w keeps documents w, w + W, ... of its rank's shard.
+
+    Args:
+        stream: an iterable of ``{text_column: str}`` rows (already shuffled and split by rank).
+        tokenizer: a Hugging Face tokenizer with an EOS token.
+        seq_len: tokens per block (plus one for the shifted labels).
+        text_column: the text field of a row.
+        skip_blocks: blocks to drop at the start.
+    """
+
+    def __init__(self, stream: Any, tokenizer: Any, seq_len: int, text_column: str = "text", skip_blocks: int = 0) -> None:
+        super().__init__()
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token to separate documents")
+        self.stream = stream
+        self.tokenizer = tokenizer
+        self.seq_len = int(seq_len)
+        self.text_column = text_column
+        self.skip_blocks = int(skip_blocks)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        eos, T = self.tokenizer.eos_token_id, self.seq_len
+        buf: list[int] = []
+        emitted = 0
+        for i, row in enumerate(self.stream):
+            if i % workers != worker:
+                continue
+            text = row[self.text_column] if isinstance(row, dict) else row
+            if not text:
+                continue
+            buf.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            buf.append(eos)
+            while len(buf) >= T + 1:
+                block, buf = buf[: T + 1], buf[T:]
+                emitted += 1
+                if emitted <= self.skip_blocks:
+                    continue
+                t = torch.tensor(block, dtype=torch.long)
+                yield {"input_ids": t[:-1], "labels": t[1:]}
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
