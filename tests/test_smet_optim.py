@@ -22,6 +22,7 @@ from callbacks.regrowth_warmup import RegrowthWarmup, mask_set_density
 from callbacks.sparse_topology import SparseTopology
 from trainer.data import seeded_train_loader
 from trainer.optimization import configure_optimization, split_decay_groups
+from trainer.sparse.spikes import cold_start_updates
 from trainer.sparse import (
     CompactSparseLinear,
     MaskedAdam,
@@ -40,28 +41,7 @@ from trainer.sparse import (
 
 def _cold_start(layout: str, policy: str, tau: int, steps: int, lr: float = 0.01, **kw) -> list[float]:
     """Entry/slot 1 is regrown after global step tau − 1 under a constant gradient; its updates (units of lr)."""
-    p = nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    opt = MaskedAdam([p], lr=lr, eps=0.0, betas=(0.9, 0.999), state_policy=policy, **kw)
-    if layout == "dense":
-        mask = torch.tensor([True, False])
-        opt.attach_masks({p: mask})
-    else:
-        opt.attach_masks({p: torch.tensor([3, 5])})  # compact: values of flat positions 3 and 5
-    p.grad = torch.ones(2, dtype=torch.float64)
-    opt.step()  # allocate state
-    opt.state[p]["step"].fill_(tau - 1)
-    if "step_i" in opt.state[p]:
-        opt.state[p]["step_i"].fill_(tau - 1)
-    if layout == "dense":
-        mask[1] = True
-    reset_entries(opt, p, torch.tensor([1]))  # dense: flat position; compact: slot
-    out = []
-    for _ in range(steps):
-        before = p.detach()[1].item()
-        p.grad = torch.ones(2, dtype=torch.float64)
-        opt.step()
-        out.append((before - p.detach()[1].item()) / lr)
-    return out
+    return cold_start_updates(layout, policy, tau, steps, lr, **kw)
 
 
 LAYOUTS = ("dense", "compact")

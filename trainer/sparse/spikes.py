@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-__all__ = ["loss_spike", "probe_steps", "windows_holding", "regrown_update_ratio"]
+__all__ = ["cold_start_updates", "loss_spike", "probe_steps", "windows_holding", "regrown_update_ratio"]
 
 
 def probe_steps(update_steps: Iterable[int], before: int = 5, after: int = 10) -> set[int]:
@@ -56,3 +56,37 @@ def regrown_update_ratio(
     r = float(delta[regrown].mean()) / steps if regrown.numel() else float("nan")
     o = float(delta[old].mean()) / steps if old.numel() else float("nan")
     return r, o, (r / o if o > 0 else float("nan"))
+
+
+def cold_start_updates(
+    layout: str, policy: str, tau: int, steps: int, lr: float = 0.01, **optimizer_options: object
+) -> list[float]:
+    """The first ``steps`` updates of one entry regrown after global step τ − 1, in units of lr (smet.md §6).
+
+    A two-entry ``MaskedAdam`` (ε = 0, β = (0.9, 0.999), float64) sees a constant gradient 1; entry 0 is
+    active throughout, entry 1 (dense layout: flat position 1; compact: slot 1) is reset by
+    ``reset_entries`` after step τ − 1 and then updated ``steps`` times. ``optimizer_options`` go to
+    ``MaskedAdam`` (``reset_step``, ``warmup_steps``, ``warmup_mode`` ...).
+    """
+    from torch import nn
+
+    from trainer.sparse.optim import MaskedAdam, reset_entries
+
+    p = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = MaskedAdam([p], lr=lr, eps=0.0, betas=(0.9, 0.999), state_policy=policy, **optimizer_options)
+    mask = torch.tensor([True, False])
+    opt.attach_masks({p: mask} if layout == "dense" else {p: torch.tensor([3, 5])})  # compact: 2 slots
+    p.grad = torch.ones(2, dtype=torch.float64)
+    opt.step()  # allocate the state
+    opt.state[p]["step"].fill_(tau - 1)
+    if "step_i" in opt.state[p]:
+        opt.state[p]["step_i"].fill_(tau - 1)
+    mask[1] = True
+    reset_entries(opt, p, torch.tensor([1]))  # dense: flat position 1; compact: slot 1
+    out = []
+    for _ in range(steps):
+        before = float(p.detach()[1])
+        p.grad = torch.ones(2, dtype=torch.float64)
+        opt.step()
+        out.append((before - float(p.detach()[1])) / lr)
+    return out
