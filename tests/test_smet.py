@@ -247,3 +247,33 @@ def test_accumulation_is_derived_and_bad_totals_are_rejected():
     assert cb.accumulation == 4 and trainer.accumulate_grad_batches == 4
     with pytest.raises(ValueError, match="not a multiple"):
         _trainer([GlobalBatchSize(total_batch_size=30)], max_steps=1).fit(SMETLlama(**TINY), _dm(batch_size=8))
+
+
+def test_compact_layout_refuses_sharded_strategies():
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    model = SMETLlama(**TINY)
+    model.trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=ModelParallelStrategy(), logger=False)
+    with pytest.raises(ValueError, match="compact layout runs on one device or under DDP"):
+        model.setup("fit")
+
+
+def test_regrowth_warmup_with_neurotrails_lm():
+    """The warm-up is cross-cutting: NeuroTrailsLM + neurotrails_lm topology + RegrowthWarmup + MaskedAdam."""
+    from modules.neurotrails import NeuroTrailsLM
+
+    pl.seed_everything(0, verbose=False)
+    model = NeuroTrailsLM(**NeuroTrailsLM.unit_test_params())
+    topo = SparseTopology(preset="neurotrails_lm", density=0.5, delta_t=2, grow="random")
+    warm = RegrowthWarmup(warmup_steps=10)
+    _trainer([topo, warm], max_steps=4, limit_val_batches=0).fit(model, _dm())
+    opt = model.trainer.optimizers[0]
+    assert topo.updates == 1 and topo.config.state_policy == "P3"
+    sparse_groups = [g for g in opt.param_groups if any(opt.mask_of(p) is not None for p in g["params"])]
+    assert sparse_groups and all(g["state_policy"] == "P3" and g["warmup_steps"] == 10 for g in sparse_groups)
+    assert all(g["lr"] == pytest.approx(opt.defaults["lr"] / warm.density) for g in opt.param_groups)
+    for name, e in model.mask_set().items():
+        if name in topo.layer_names:
+            st = opt.state[e.weight]
+            assert torch.count_nonzero(e.weight.detach()[~e.mask]) == 0
+            assert torch.count_nonzero(st["exp_avg"][~e.mask]) == 0 and "step_i" in st  # P3: masked state
