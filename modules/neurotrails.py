@@ -181,6 +181,10 @@ class _NeuroTrailsBase(MaskedModuleMixin, LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, per_head = multihead_loss(self(x), y)
+        return self._log_train_losses(loss, per_head)
+
+    def _log_train_losses(self, loss: torch.Tensor, per_head: torch.Tensor) -> torch.Tensor:
+        """Log ``train/loss`` (the sum over heads) and ``train/loss_head{k}``; return ``loss``."""
         self.train_loss(loss.detach())
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         for k, metric in enumerate(self.train_loss_heads):
@@ -637,12 +641,7 @@ class NeuroTrailsLM(_NeuroTrailsBase):
         logits = self(batch["input_ids"])
         per_head = torch.stack([causal_lm_loss(z, batch["labels"]) for z in logits])
         loss = per_head.sum()  # Sec. 3: loss = Σ_k CE(z_k, y), a sum over heads
-        self.train_loss(loss.detach())
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
-        for k, metric in enumerate(self.train_loss_heads):
-            metric(per_head[k].detach())
-            self.log(f"train/loss_head{k}", metric, on_step=True, on_epoch=True)
-        return loss
+        return self._log_train_losses(loss, per_head)
 
     def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
         from trainer.text import causal_lm_loss

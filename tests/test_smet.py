@@ -277,3 +277,20 @@ def test_regrowth_warmup_with_neurotrails_lm():
             st = opt.state[e.weight]
             assert torch.count_nonzero(e.weight.detach()[~e.mask]) == 0
             assert torch.count_nonzero(st["exp_avg"][~e.mask]) == 0 and "step_i" in st  # P3: masked state
+
+
+def test_pretrained_path_loads_and_sparsifies(tmp_path):
+    """``pretrained``: a local Hugging Face folder; the compact values start from its weights at the index."""
+    lm = build_causal_lm(llama_config("llama_tiny", {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64,
+                                                     "num_attention_heads": 2, "vocab_size": 512}))  # fmt: skip
+    lm.save_pretrained(str(tmp_path / "tiny"))
+    model = SMETLlama(pretrained=str(tmp_path / "tiny"), density=0.5)
+    q = model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q, CompactSparseLinear)
+    dense_q = lm.model.layers[0].self_attn.q_proj.weight.detach().reshape(-1)
+    assert torch.equal(q.values.detach(), dense_q[q.index.long()])
+    assert torch.equal(model.model.lm_head.weight, lm.lm_head.weight)
+    with pytest.raises(ValueError, match="not available"):
+        SMETLlama(pretrained=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="exactly one of shape"):
+        SMETLlama(shape="llama_tiny", pretrained=str(tmp_path / "tiny"))
