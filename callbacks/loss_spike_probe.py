@@ -19,7 +19,8 @@ Hooks: ``setup`` (asserts a ``SparseTopology`` comes earlier in ``trainer.callba
 see the weights after the update), ``on_train_start`` (takes the held-out batch from the datamodule's
 ``val_dataloader``), ``on_train_batch_end`` (acts once per optimizer step), ``on_fit_end`` (images).
 The pure math is in ``trainer.sparse.spikes``. State: the probe losses, the spikes, the ratios and,
-while a window is open, the weights at its update step (so a resume inside a window stays exact).
+while a window is open, the followed entries and the old ones' weights at its update step (so a resume
+inside a window stays exact; at most ``max_tracked`` weights per layer).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from trainer.plots import log_figure
 from trainer.protocols import HasBatchLoss, HasMasks
 from trainer.sparse.compact import compact_layers
 from trainer.sparse.optim import optimizer_state_bytes
+from trainer.sparse.rng import layer_generator
 from trainer.sparse.schedules import is_update_step
 from trainer.sparse.spikes import loss_spike, regrown_update_ratio, windows_holding
 
@@ -81,8 +83,11 @@ class LossSpikeProbe(StatefulCallback):
             (default) takes the topology's schedule. With a topology it must be ``None``.
         total_steps: T for ``delta_t`` (updates at 0 < t < T); ``None`` takes
             ``trainer.estimated_stepping_batches``.
-        track_updates: measure ``regrown_update_ratio`` (keeps one copy of the sparse weights while a
-            window is open). Default true.
+        track_updates: measure ``regrown_update_ratio``. Default true.
+        max_tracked: at most this many old (already active) entries per layer are followed, drawn at
+            random from the layer's generator, so the state of an open window stays small at paper scale
+            (the regrown entries are all followed: they start at 0, so only their positions are kept).
+            Default 65536.
         name: identity in checkpoints and the metric prefix. Default ``smet`` (smet.md §8).
     """
 
@@ -96,6 +101,7 @@ class LossSpikeProbe(StatefulCallback):
         delta_t: int | None = None,
         total_steps: int | None = None,
         track_updates: bool = True,
+        max_tracked: int = 65536,
         name: str = "smet",
     ) -> None:
         super().__init__(name)
@@ -109,11 +115,14 @@ class LossSpikeProbe(StatefulCallback):
         self.delta_t = delta_t
         self.total_steps = total_steps
         self.track_updates = track_updates
+        self.max_tracked = max_tracked
         # checkpointed
         self.losses: dict[int, float] = {}
         self.spikes: dict[int, float] = {}
         self.ratios: dict[int, float] = {}
-        self.snapshot: dict[str, Any] = {}  # {"step": u, "weights": {name: flat}, "regrown": {name: positions}}
+        # an open window's entries: {"step": u, "regrown": {layer: positions}, "old": {layer: positions},
+        # "old_w": {layer: their weights at u}}
+        self.snapshot: dict[str, Any] = {}
         self.bytes_logged = False
         # derived
         self._topology: Any = None
@@ -188,21 +197,28 @@ class LossSpikeProbe(StatefulCallback):
         finally:
             pl_module.train(was_training)
 
-    def _flat_weights(self, pl_module: LightningModule) -> dict[str, torch.Tensor]:
-        """Flat dense weights of the topology's sparse tensors (compact layers materialised), on CPU."""
-        entries = pl_module.mask_set()
-        layers = compact_layers(pl_module)
-        out = {}
-        for n in self._topology.layer_names:
-            e = entries[n]
-            w = layers[id(e.weight)].dense_weight() if e.layout == "compact" else e.weight
-            w = w.full_tensor() if hasattr(w, "full_tensor") else w
-            out[n] = w.detach().reshape(-1).float().cpu().clone()
-        return out
-
-    def _active(self, pl_module: LightningModule, name: str) -> torch.Tensor:
+    def _weights_at(self, pl_module: LightningModule, name: str, positions: torch.Tensor) -> torch.Tensor:
+        """Weights of one sparse tensor at flat ``positions`` (compact layers are materialised), on CPU."""
         e = pl_module.mask_set()[name]
-        return e.mask.long().cpu() if e.layout == "compact" else e.mask.reshape(-1).nonzero().squeeze(1).cpu()
+        w = compact_layers(pl_module)[id(e.weight)].dense_weight() if e.layout == "compact" else e.weight
+        w = w.full_tensor() if hasattr(w, "full_tensor") else w
+        return w.detach().reshape(-1)[positions.to(w.device)].float().cpu()
+
+    def _take_snapshot(self, pl_module: LightningModule, u: int) -> dict[str, Any]:
+        """The entries followed over the window of update u: all regrown ones, a sample of the old ones."""
+        entries = pl_module.mask_set()
+        snap: dict[str, Any] = {"step": u, "regrown": {}, "old": {}, "old_w": {}}
+        for idx, n in enumerate(self._topology.layer_names):
+            e = entries[n]
+            active = e.mask.long().cpu() if e.layout == "compact" else e.mask.reshape(-1).nonzero().squeeze(1).cpu()
+            regrown = self._topology.last_grown.get(n, torch.empty(0, dtype=torch.long)).long().cpu()
+            old = active[~torch.isin(active, regrown)]
+            if old.numel() > int(self.max_tracked):
+                gen = layer_generator(self._topology.seed, "spike_probe", u, idx)
+                old = old[torch.randperm(old.numel(), generator=gen)[: int(self.max_tracked)]].sort().values
+            snap["regrown"][n], snap["old"][n] = regrown, old
+            snap["old_w"][n] = self._weights_at(pl_module, n, old)
+        return snap
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
@@ -223,8 +239,7 @@ class LossSpikeProbe(StatefulCallback):
             self.losses[t] = self._probe_loss(pl_module)  # L(t) on the fixed held-out batch
         for u in windows:
             if t == u and self.track_updates and self._topology is not None and isinstance(pl_module, HasMasks):
-                grown = {n: g.long().cpu() for n, g in self._topology.last_grown.items()}
-                self.snapshot = {"step": u, "weights": self._flat_weights(pl_module), "regrown": grown}
+                self.snapshot = self._take_snapshot(pl_module, u)
             if t == u + int(self.after):
                 spike_at = u
                 metrics.update(self._close_window(trainer, pl_module, u))
@@ -244,17 +259,17 @@ class LossSpikeProbe(StatefulCallback):
             pass  # a window cut by the start of the run
         snap, self.snapshot = self.snapshot, {}
         if snap.get("step") == u and not any(self.is_update(s) for s in range(u + 1, u + int(self.after) + 1)):
-            now = self._flat_weights(pl_module)
             r_sum = o_sum = 0.0
             r_n = o_n = 0
-            for n, w0 in snap["weights"].items():
-                regrown = snap["regrown"].get(n, torch.empty(0, dtype=torch.long))
-                active = self._active(pl_module, n)
-                old = active[~torch.isin(active, regrown)]
-                r, o, _ = regrown_update_ratio(w0, now[n], regrown, old, int(self.after))
+            for n, regrown in snap["regrown"].items():
+                old = snap["old"][n]
+                zeros = torch.zeros(regrown.numel())  # regrown entries start at weight 0 (dst_core §3)
+                r, o, _ = regrown_update_ratio(zeros, self._weights_at(pl_module, n, regrown), snap["old_w"][n],
+                                               self._weights_at(pl_module, n, old), int(self.after))  # fmt: skip
                 if regrown.numel():
                     r_sum, r_n = r_sum + r * regrown.numel(), r_n + regrown.numel()
-                o_sum, o_n = o_sum + o * old.numel(), o_n + old.numel()
+                if old.numel():
+                    o_sum, o_n = o_sum + o * old.numel(), o_n + old.numel()
             if r_n and o_n and o_sum > 0:
                 self.ratios[u] = (r_sum / r_n) / (o_sum / o_n)
                 out[f"{self.name}/regrown_update_ratio"] = self.ratios[u]

@@ -191,10 +191,10 @@ def test_loss_spike_hand_values():
 
 
 def test_regrown_update_ratio_hand_values():
-    w0 = torch.tensor([0.0, 0.0, 1.0, -1.0, 5.0])
-    w1 = torch.tensor([0.6, -0.2, 1.1, -1.1, 5.0])
-    r, o, ratio = regrown_update_ratio(w0, w1, torch.tensor([0, 1]), torch.tensor([2, 3]), steps=2)
+    r, o, ratio = regrown_update_ratio(torch.zeros(2), torch.tensor([0.6, -0.2]), torch.tensor([1.0, -1.0]),
+                                       torch.tensor([1.1, -1.1]), steps=2)  # fmt: skip
     assert r == pytest.approx(0.2) and o == pytest.approx(0.05) and ratio == pytest.approx(4.0)
+    assert math.isnan(regrown_update_ratio(torch.zeros(1), torch.ones(1), torch.ones(2), torch.ones(2), 1)[2])
 
 
 def _probe_run(policy: str, warmup: bool) -> LossSpikeProbe:
@@ -218,6 +218,18 @@ def test_probe_records_windows_and_ratios_in_training():
     assert all(r > 1.0 for r in probe.ratios.values())
     damped = _probe_run("P3", warmup=True)
     assert all(damped.ratios[u] < 0.2 * probe.ratios[u] for u in (4, 8))
+    assert all(len(o) <= 65536 for o in probe.snapshot["old"].values())
+
+
+def test_probe_follows_at_most_max_tracked_old_entries():
+    pl.seed_everything(0, verbose=False)
+    topo = SparseTopology(preset="smet", delta_t=4, drop_fraction=0.3, state_policy="P2")
+    probe = LossSpikeProbe(before=2, after=3, batch_size=4, max_tracked=50)
+    _trainer([topo, probe], max_steps=13, limit_val_batches=0).fit(SMETLlama(**TINY), _dm())
+    assert set(probe.ratios) == {4, 8} and all(math.isfinite(r) for r in probe.ratios.values())
+    snap = probe.snapshot
+    assert all(len(snap["old"][n]) == 50 == len(snap["old_w"][n]) for n in topo.layer_names)
+    assert all(not torch.isin(snap["old"][n], snap["regrown"][n]).any() for n in topo.layer_names)
 
 
 def test_probe_needs_topology_first_or_delta_t():

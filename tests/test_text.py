@@ -271,7 +271,7 @@ def test_streaming_blocks_resume_skip_and_rank_split(c4_like):
 
     data, tok = c4_like
     dm = TextCorpusDataModule(source="dataset", dataset_name=str(data), streaming=True, tokenizer=str(tok),
-                              seq_len=16, batch_size=4, val_tokens=400)  # fmt: skip
+                              seq_len=16, batch_size=4, val_tokens=400, shuffle_seed=0)  # fmt: skip
     dm.setup("fit")
     assert 0 < dm.tokens_val <= 400 and len(dm.val_set) == (dm.tokens_val - 1) // 16
     batches = [b for _, b in zip(range(5), dm.train_dataloader())]

@@ -43,18 +43,20 @@ def loss_spike(losses: Mapping[int, float], update_step: int, before: int = 5, a
 
 
 def regrown_update_ratio(
-    w_start: torch.Tensor, w_end: torch.Tensor, regrown: torch.Tensor, old: torch.Tensor, steps: int
+    regrown_start: torch.Tensor, regrown_end: torch.Tensor, old_start: torch.Tensor, old_end: torch.Tensor, steps: int
 ) -> tuple[float, float, float]:
-    """(mean |Δw| per step of regrown entries, that of old entries, their ratio) over ``steps`` steps.
+    """(mean |Δw| per step of the regrown entries, that of the old entries, their ratio) over ``steps`` steps.
 
-    ``w_start``/``w_end``: flat weights right after the update and ``steps`` optimizer steps later;
-    ``regrown``/``old``: flat positions. The mean |Δw| of a set is Σ|w_end − w_start| / (|set|·steps)
-    (smet.md §7, "mean first-10-step |Δw| of regrown entries ÷ that of old entries"). The ratio is NaN
-    when the old entries did not move.
+    The arguments are the weights of each set right after the update and ``steps`` optimizer steps later.
+    The mean |Δw| of a set is Σ|w_end − w_start| / (|set|·steps) (smet.md §7, "mean first-10-step |Δw| of
+    regrown entries ÷ that of old entries"). A mean is NaN for an empty set, the ratio NaN when the old
+    entries did not move.
     """
-    delta = (w_end.detach().float() - w_start.detach().float()).abs()
-    r = float(delta[regrown].mean()) / steps if regrown.numel() else float("nan")
-    o = float(delta[old].mean()) / steps if old.numel() else float("nan")
+
+    def mean_step(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((b.double() - a.double()).abs().mean()) / steps if a.numel() else float("nan")
+
+    r, o = mean_step(regrown_start, regrown_end), mean_step(old_start, old_end)
     return r, o, (r / o if o > 0 else float("nan"))
 
 
