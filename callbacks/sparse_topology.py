@@ -306,6 +306,12 @@ class SparseTopology(StatefulCallback):
         if entries[names[0]].layout == "compact":
             # dst_core §1: a compact layer's count c_l is fixed by its shape (len(values)); its exact-count
             # initial index is drawn by the layer itself (trainer.sparse.compact), so nothing is re-drawn here.
+            # a preset's own init is replaced by the layers' uniform draw; an explicit request is refused
+            if (self.init not in (None, "uniform")) or self.dense_layers or self.dense_first_layer:
+                raise ValueError(
+                    f"SparseTopology: compact layers are initialised uniformly by their module; init {cfg.init!r}, "
+                    "dense_layers and dense_first_layer need the dense layout (layout: dense)"
+                )
             self._layers(pl_module)
             self.counts = [entries[n].mask.numel() for n in names]
             total = sum(self._numel(n, entries[n]) for n in names)

@@ -306,3 +306,10 @@ def test_pretrained_path_loads_and_sparsifies(tmp_path):
         SMETLlama(pretrained=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="exactly one of shape"):
         SMETLlama(shape="llama_tiny", pretrained=str(tmp_path / "tiny"))
+
+
+def test_compact_refuses_explicit_non_uniform_init():
+    with pytest.raises(ValueError, match="need the dense layout"):
+        _trainer([SparseTopology(preset="smet", init="erk", delta_t=2)], max_steps=1).fit(SMETLlama(**TINY), _dm())
+    with pytest.raises(ValueError, match="need the dense layout"):
+        _trainer([SparseTopology(preset="smet", dense_first_layer=True)], max_steps=1).fit(SMETLlama(**TINY), _dm())
