@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from callbacks.sparse_topology import SparseTopology
+from tests.toy import quiet_trainer
 from trainer.callback_state import StatefulCallback
 from trainer.data import seeded_train_loader
 from trainer.sparse import (
@@ -107,18 +108,7 @@ class DSTMemoryLogger(Logger):
 
 
 def _trainer(callbacks, logger=False, **kwargs) -> pl.Trainer:
-    opts = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    opts.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **opts)
+    return quiet_trainer(callbacks, logger=logger, log_every_n_steps=1, **kwargs)
 
 
 def _sparse_entries(module, topo):

@@ -16,6 +16,7 @@ from torch import nn
 from callbacks import GlobalBatchSize, LossSpikeProbe, RegrowthWarmup, SparseTopology
 from datamodules.text import TextCorpusDataModule
 from modules.smet import SMETLlama, sparse_layer_paths
+from tests.toy import quiet_trainer
 from trainer.data import accumulation_steps
 from trainer.optimization import warmup_cosine_factor
 from trainer.sparse import CompactSparseLinear, MaskedAdam
@@ -30,10 +31,7 @@ def _dm(**kw) -> TextCorpusDataModule:
 
 
 def _trainer(callbacks=(), **kw) -> pl.Trainer:
-    opts = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=2)  # fmt: skip
-    opts.update(kw)
-    return pl.Trainer(callbacks=list(callbacks), **opts)
+    return quiet_trainer(callbacks, **{"limit_val_batches": 2, **kw})
 
 
 # ------------------------------------------------------------------------------------------------

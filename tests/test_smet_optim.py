@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 
 from callbacks.regrowth_warmup import RegrowthWarmup, mask_set_density
 from callbacks.sparse_topology import SparseTopology
+from tests.toy import quiet_trainer
 from trainer.data import seeded_train_loader
 from trainer.optimization import configure_optimization, split_decay_groups
 from trainer.sparse.spikes import cold_start_updates
@@ -190,17 +191,7 @@ def _seed() -> int:
 
 
 def _trainer(callbacks, **kwargs) -> pl.Trainer:
-    opts = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    opts.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **opts)
+    return quiet_trainer(callbacks, **kwargs)
 
 
 class SMETCompactProbe(pl.Callback):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -77,3 +79,18 @@ class ToyDataModule(LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.ds, batch_size=self.hparams.batch_size)
+
+
+def quiet_trainer(callbacks: Any = (), **overrides: Any) -> Trainer:
+    """A one-CPU ``Trainer`` for in-process tests: no logger, checkpoints, progress bar, summary or sanity check."""
+    opts: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    opts.update(overrides)
+    return Trainer(callbacks=list(callbacks), **opts)
