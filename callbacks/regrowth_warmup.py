@@ -36,30 +36,10 @@ from lightning.pytorch import LightningModule, Trainer
 
 from trainer.callback_state import StatefulCallback
 from trainer.protocols import HasLrMultiplier, HasMasks
-from trainer.sparse.compact import compact_layers
+from trainer.sparse.masks import mask_set_density
 from trainer.sparse.optim import WARMUP_MODES, WARMUP_SCOPES, MaskedAdam
 
-__all__ = ["RegrowthWarmup", "mask_set_density"]
-
-
-def mask_set_density(module: Any, include: tuple[str, ...] = (".*",), exclude: tuple[str, ...] = ()) -> float:
-    """d = Σc_l / Σn_l over the selected sparse entries of ``module``'s mask set (dst_core §1).
-
-    Compact entries count len(index) of their layer's dense numel; dense entries count their mask's
-    True entries, and only when the mask is not all True. 1.0 when nothing is sparse.
-    """
-    by_values = compact_layers(module)
-    active = numel = 0
-    for name, e in module.mask_set().items():
-        if not any(re.search(p, name) for p in include) or any(re.search(p, name) for p in exclude):
-            continue
-        if e.layout == "compact":
-            active += e.mask.numel()
-            numel += by_values[id(e.weight)].dense_numel
-        elif not bool(e.mask.all()):
-            active += int(e.mask.sum())
-            numel += e.mask.numel()
-    return active / numel if numel else 1.0
+__all__ = ["RegrowthWarmup"]
 
 
 class RegrowthWarmup(StatefulCallback):

@@ -53,7 +53,7 @@ from torchmetrics import MeanMetric
 from trainer.data import run_seed
 from trainer.optimization import configure_optimization, split_decay_groups
 from trainer.sparse import MaskedAdam, MaskedModuleMixin, attach_masks, compactify_linears
-from trainer.sparse.compact import compact_layers
+from trainer.sparse.masks import mask_set_density
 from trainer.text import build_causal_lm, causal_lm_loss, check_lm_compat, llama_config
 
 __all__ = ["SMETLlama", "SMET_SPARSE_LAYERS", "sparse_layer_paths"]
@@ -186,17 +186,8 @@ class SMETLlama(MaskedModuleMixin, LightningModule):
             check_lm_compat(self.model, seq_len=int(dm.seq_len), vocab_size=getattr(dm, "vocab_size", None))
 
     def sparse_density(self) -> float:
-        """The measured density Σc / Σn of the sparse linears (compact: len(index); dense: mask nnz)."""
-        layers = compact_layers(self)
-        active = numel = 0
-        for entry in self.mask_set().values():
-            if entry.layout == "compact":
-                active += entry.mask.numel()
-                numel += layers[id(entry.weight)].dense_numel
-            else:
-                active += int(entry.mask.sum())
-                numel += entry.mask.numel()
-        return active / max(numel, 1)
+        """The measured density Σc / Σn of the sparse linears (1.0 while dense-layout masks are all True)."""
+        return mask_set_density(self)
 
     def on_train_start(self) -> None:
         """Dense layout: the masks (drawn by SparseTopology in setup) must have the module's density."""

@@ -18,11 +18,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from callbacks.regrowth_warmup import RegrowthWarmup, mask_set_density
+from callbacks.regrowth_warmup import RegrowthWarmup
 from callbacks.sparse_topology import SparseTopology
 from tests.toy import quiet_trainer
 from trainer.data import seeded_train_loader
 from trainer.optimization import configure_optimization, split_decay_groups
+from trainer.sparse.masks import mask_set_density
 from trainer.sparse.spikes import cold_start_updates
 from trainer.sparse import (
     CompactSparseLinear,

@@ -9,13 +9,16 @@ buffers in place; parameters and param groups are never added or removed.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import torch
 from torch import nn
 
 from trainer.protocols import MaskEntry
-from trainer.sparse.compact import CompactSparseLinear
+from trainer.sparse.compact import CompactSparseLinear, compact_layers
 
-__all__ = ["MASKABLE_TYPES", "attach_masks", "collect_mask_set", "MaskedModuleMixin"]
+__all__ = ["MASKABLE_TYPES", "attach_masks", "collect_mask_set", "mask_set_density", "MaskedModuleMixin"]
 
 MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 MASK_BUFFER = "weight_mask"
@@ -52,6 +55,26 @@ def collect_mask_set(root: nn.Module) -> dict[str, MaskEntry]:
             key = f"{name}.weight" if name else "weight"
             out[key] = MaskEntry(mod.weight, mask, "dense")
     return out
+
+
+def mask_set_density(module: Any, include: tuple[str, ...] = (".*",), exclude: tuple[str, ...] = ()) -> float:
+    """d = Σc_l / Σn_l over the selected sparse entries of ``module``'s mask set (dst_core §1).
+
+    Compact entries count len(index) of their layer's dense numel; dense entries count their mask's
+    True entries, and only when the mask is not all True. 1.0 when nothing is sparse.
+    """
+    by_values = compact_layers(module)
+    active = numel = 0
+    for name, e in module.mask_set().items():
+        if not any(re.search(p, name) for p in include) or any(re.search(p, name) for p in exclude):
+            continue
+        if e.layout == "compact":
+            active += e.mask.numel()
+            numel += by_values[id(e.weight)].dense_numel
+        elif not bool(e.mask.all()):
+            active += int(e.mask.sum())
+            numel += e.mask.numel()
+    return active / numel if numel else 1.0
 
 
 class MaskedModuleMixin:
