@@ -197,6 +197,7 @@ class LossSpikeProbe(StatefulCallback):
         finally:
             pl_module.train(was_training)
 
+    @torch.no_grad()
     def _weights_at(self, pl_module: LightningModule, name: str, positions: torch.Tensor) -> torch.Tensor:
         """Weights of one sparse tensor at flat ``positions`` (compact layers are materialised), on CPU."""
         e = pl_module.mask_set()[name]
