@@ -37,6 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import mean_sd  # noqa: E402
 from trainer.metrics import ExpectedCalibrationError, offdiagonal_mean, pairwise_disagreement_matrix  # noqa: E402
 
 ARMS = ("single", "full_ensemble", "treenet", "neurotrails")
@@ -99,10 +100,6 @@ def run_arm(arm: str, seed: int, epochs: int | None, overrides: list[str] = ()) 
     out["total"], out["active"] = count_params(cli.model)
     out["seconds"] = seconds
     return out
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def main() -> None:

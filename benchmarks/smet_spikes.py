@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -31,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import mean_sd, run_in_workers  # noqa: E402
+
 ARMS = ("naive", "localstep", "smet", "smet_nolrscale", "smet_linearlr", "static", "dense")
 LABELS = {
     "naive": "1 naive DST (P0)",
@@ -91,13 +94,6 @@ def run_one(job: tuple[str, int, str]) -> dict:
     return result
 
 
-def mean_sd(xs: list[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x == x]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
@@ -120,12 +116,10 @@ def main() -> None:
                 todo.append((arm, seed, str(out)))
     if todo:
         print(f"running {len(todo)} run(s), {args.workers} at a time; finished runs go to {out}", flush=True)
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
-            for i, r in enumerate(pool.imap_unordered(run_one, todo), 1):
-                results[(r["arm"], r["seed"])] = r
-                print(f"[{i}/{len(todo)}] {r['arm']} seed {r['seed']}: spike {r['spike_mean']:.4f}, "
-                      f"val loss {r['val_loss']:.4f}, {r['s_per_step']:.2f} s/step", flush=True)  # fmt: skip
+        for i, r in enumerate(run_in_workers(run_one, todo, args.workers), 1):
+            results[(r["arm"], r["seed"])] = r
+            print(f"[{i}/{len(todo)}] {r['arm']} seed {r['seed']}: spike {r['spike_mean']:.4f}, "
+                  f"val loss {r['val_loss']:.4f}, {r['s_per_step']:.2f} s/step", flush=True)  # fmt: skip
 
     rows = {}
     header = (f"{'arm':<24}{'seeds':>6}{'spike mean±sd':>18}{'max':>8}{'val loss±sd':>16}{'ppl':>8}"
