@@ -314,6 +314,7 @@ class LossSpikeProbe(StatefulCallback):
             ax.set_ylabel("held-out loss − pre-update mean")
             ax.set_title("loss around each update (colour: training time)")
             fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, last)), ax=ax, label="update step")
+            fig.tight_layout()
             log_figure(trainer, f"{self.name}/spike_overlay", fig, step=trainer.global_step)
         ages = self._step_ages(trainer)
         if ages is not None and ages.numel():
@@ -322,6 +323,7 @@ class LossSpikeProbe(StatefulCallback):
             ax.set_xlabel("per-entry optimizer steps s_i (age of the active weight)")
             ax.set_ylabel("active sparse entries")
             ax.set_title(f"age of active weights at step {trainer.global_step}")
+            fig.tight_layout()
             log_figure(trainer, f"{self.name}/step_age", fig, step=trainer.global_step)
 
     @staticmethod
