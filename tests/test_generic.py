@@ -25,6 +25,7 @@ import torch
 
 import callbacks as callbacks_pkg
 from tests import discovery as disc
+from tests.toy import quiet_trainer
 from trainer.cli import TrainerCLI, main, parse_config
 from trainer.protocols import HasMasks
 
@@ -112,19 +113,7 @@ def _instantiate(cls: type) -> Any:
 
 
 def _tiny_trainer(tmp_path: Path, max_steps: int, callbacks=()) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
-        callbacks=list(callbacks),
-    )
+    return quiet_trainer(callbacks, max_steps=max_steps, limit_val_batches=0, default_root_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("cls", disc.lightning_modules(), ids=lambda c: c.__name__)
