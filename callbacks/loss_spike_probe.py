@@ -33,7 +33,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from trainer.callback_state import StatefulCallback
 from trainer.plots import log_figure
-from trainer.protocols import HasBatchLoss, HasMasks
+from trainer.protocols import HasBatchLoss, HasMasks, MaskEntry
 from trainer.sparse.compact import compact_layers
 from trainer.sparse.optim import optimizer_state_bytes
 from trainer.sparse.rng import layer_generator
@@ -197,17 +197,19 @@ class LossSpikeProbe(StatefulCallback):
         finally:
             pl_module.train(was_training)
 
+    @staticmethod
     @torch.no_grad()
-    def _weights_at(self, pl_module: LightningModule, name: str, positions: torch.Tensor) -> torch.Tensor:
-        """Weights of one sparse tensor at flat ``positions`` (compact layers are materialised), on CPU."""
-        e = pl_module.mask_set()[name]
-        w = compact_layers(pl_module)[id(e.weight)].dense_weight() if e.layout == "compact" else e.weight
+    def _weights_at(e: MaskEntry, layers: dict[int, Any], positions: torch.Tensor) -> torch.Tensor:
+        """Weights of one mask-set entry at flat ``positions`` (compact layers are materialised), on CPU.
+
+        ``layers`` is ``compact_layers(module)``."""
+        w = layers[id(e.weight)].dense_weight() if e.layout == "compact" else e.weight
         w = w.full_tensor() if hasattr(w, "full_tensor") else w
         return w.detach().reshape(-1)[positions.to(w.device)].float().cpu()
 
     def _take_snapshot(self, pl_module: LightningModule, u: int) -> dict[str, Any]:
         """The entries followed over the window of update u: all regrown ones, a sample of the old ones."""
-        entries = pl_module.mask_set()
+        entries, layers = pl_module.mask_set(), compact_layers(pl_module)
         snap: dict[str, Any] = {"step": u, "regrown": {}, "old": {}, "old_w": {}}
         for idx, n in enumerate(self._topology.layer_names):
             e = entries[n]
@@ -218,7 +220,7 @@ class LossSpikeProbe(StatefulCallback):
                 gen = layer_generator(self._topology.seed, "spike_probe", u, idx)
                 old = old[torch.randperm(old.numel(), generator=gen)[: int(self.max_tracked)]].sort().values
             snap["regrown"][n], snap["old"][n] = regrown, old
-            snap["old_w"][n] = self._weights_at(pl_module, n, old)
+            snap["old_w"][n] = self._weights_at(e, layers, old)
         return snap
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -260,13 +262,14 @@ class LossSpikeProbe(StatefulCallback):
             pass  # a window cut by the start of the run
         snap, self.snapshot = self.snapshot, {}
         if snap.get("step") == u and not any(self.is_update(s) for s in range(u + 1, u + int(self.after) + 1)):
+            entries, layers = pl_module.mask_set(), compact_layers(pl_module)
             r_sum = o_sum = 0.0
             r_n = o_n = 0
             for n, regrown in snap["regrown"].items():
                 old = snap["old"][n]
                 zeros = torch.zeros(regrown.numel())  # regrown entries start at weight 0 (dst_core §3)
-                r, o, _ = regrown_update_ratio(zeros, self._weights_at(pl_module, n, regrown), snap["old_w"][n],
-                                               self._weights_at(pl_module, n, old), int(self.after))  # fmt: skip
+                r, o, _ = regrown_update_ratio(zeros, self._weights_at(entries[n], layers, regrown), snap["old_w"][n],
+                                               self._weights_at(entries[n], layers, old), int(self.after))  # fmt: skip
                 if regrown.numel():
                     r_sum, r_n = r_sum + r * regrown.numel(), r_n + regrown.numel()
                 if old.numel():

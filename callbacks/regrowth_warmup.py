@@ -29,7 +29,6 @@ No checkpointed state: everything is re-derived in ``setup`` (``_state_attrs`` i
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -108,10 +107,7 @@ class RegrowthWarmup(StatefulCallback):
             return mask_set_density(pl_module)
         cfg = topos[0].config
         entries = pl_module.mask_set()
-        selected = [
-            e for n, e in entries.items()
-            if any(re.search(p, n) for p in cfg.include) and not any(re.search(p, n) for p in cfg.exclude)
-        ]
+        selected = [entries[n] for n in topos[0]._select(entries)]  # the topology's own include/exclude
         if selected and all(e.layout == "compact" for e in selected):
             return mask_set_density(pl_module, cfg.include, cfg.exclude)  # exact: Σ len(index) / Σ n
         return float(cfg.density)  # dense layout: masks are initialised later in setup

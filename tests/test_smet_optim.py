@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 
 from callbacks.regrowth_warmup import RegrowthWarmup
 from callbacks.sparse_topology import SparseTopology
+from tests.test_dst_core import _assert_equal_nested
 from tests.toy import quiet_trainer
 from trainer.data import seeded_train_loader
 from trainer.optimization import configure_optimization, split_decay_groups
@@ -308,21 +309,6 @@ def _resume_run(tmp_path, stop: bool, ckpt: str | None):
     trainer = _trainer(callbacks, max_epochs=2, enable_checkpointing=True)
     trainer.fit(model, ckpt_path=ckpt)
     return model, trainer, topo
-
-
-def _assert_equal_nested(a, b, path=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_equal_nested(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_equal_nested(x, y, f"{path}.{i}")
-    else:
-        assert a == b, path
 
 
 @pytest.mark.slow
