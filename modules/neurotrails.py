@@ -53,7 +53,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.metrics import EnsembleDisagreement, ExpectedCalibrationError, NegativeLogLikelihood
-from trainer.optimization import configure_optimization, split_decay_groups
+from trainer.optimization import allow_in_weights_only_checkpoints, configure_optimization, split_decay_groups
 from trainer.plots import heatmap_figure, log_figure
 from trainer.sparse import MaskedModuleMixin, attach_masks
 from trainer.text import llama_config
@@ -95,21 +95,7 @@ def ensemble_logits(logits: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- shared base
 
 
-def _allow_in_weights_only_checkpoints(*factories: object) -> None:
-    """Let ``load_from_checkpoint`` (``torch.load(weights_only=True)``) read hparams naming these classes.
-
-    Plain optimizer/scheduler classes (``torch.optim.Adam``) are pickled by reference in the saved
-    hyperparameters; torch ≥ 2.6 refuses unknown globals by default. Under ``TrainerCLI`` the
-    hparams hold the parsed config instead, and this is not needed.
-    """
-    import inspect
-
-    safe = [f for f in factories if inspect.isclass(f) and "<locals>" not in f.__qualname__]
-    if safe:
-        torch.serialization.add_safe_globals(safe)
-
-
-_allow_in_weights_only_checkpoints(torch.optim.Adam)  # the default, so a fresh process can load too
+allow_in_weights_only_checkpoints(torch.optim.Adam)  # the default, so a fresh process can load too
 
 
 class _NeuroTrailsBase(MaskedModuleMixin, LightningModule):
@@ -141,7 +127,7 @@ class _NeuroTrailsBase(MaskedModuleMixin, LightningModule):
             raise ValueError(f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {ensemble_mode!r}")
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-        _allow_in_weights_only_checkpoints(optimizer, scheduler)
+        allow_in_weights_only_checkpoints(optimizer, scheduler)
         self.num_heads = num_heads
         self.ensemble_mode = ensemble_mode
         self.num_classes = num_classes

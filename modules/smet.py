@@ -51,12 +51,14 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from trainer.data import run_seed
-from trainer.optimization import configure_optimization, split_decay_groups
+from trainer.optimization import allow_in_weights_only_checkpoints, configure_optimization, split_decay_groups
 from trainer.sparse import MaskedAdam, MaskedModuleMixin, attach_masks, compactify_linears
 from trainer.sparse.masks import mask_set_density
 from trainer.text import build_causal_lm, causal_lm_loss, check_lm_compat, llama_config
 
 __all__ = ["SMETLlama", "SMET_SPARSE_LAYERS", "sparse_layer_paths"]
+
+allow_in_weights_only_checkpoints(MaskedAdam)  # the default optimizer, so a fresh process can load too
 
 LAYOUTS = ("compact", "dense")
 #: smet.md §2: "compact sparse linears for q, k, v, o, gate, up, down; embedding and lm_head dense"
@@ -133,6 +135,7 @@ class SMETLlama(MaskedModuleMixin, LightningModule):
         if (shape is None) == (pretrained is None):
             raise ValueError("SMETLlama: give exactly one of shape (a LLAMA_SHAPES name) and pretrained")
         self.save_hyperparameters()
+        allow_in_weights_only_checkpoints(optimizer, scheduler)  # hparams name these classes (load_from_checkpoint)
         overrides = {
             "vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": intermediate_size,
             "num_attention_heads": num_attention_heads, "num_hidden_layers": num_hidden_layers,

@@ -11,12 +11,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import inspect
 import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["WarmupCosineLR", "configure_optimization", "split_decay_groups", "warmup_cosine_factor"]
+__all__ = ["WarmupCosineLR", "allow_in_weights_only_checkpoints", "configure_optimization", "split_decay_groups", "warmup_cosine_factor"]
+
+
+def allow_in_weights_only_checkpoints(*factories: object) -> None:
+    """Let ``load_from_checkpoint`` (``torch.load(weights_only=True)``) read hparams naming these classes.
+
+    Plain optimizer/scheduler classes (``torch.optim.Adam``) are pickled by reference in the saved
+    hyperparameters; torch ≥ 2.6 refuses unknown globals by default. Under ``TrainerCLI`` the
+    hparams hold the parsed config instead, and this is not needed.
+    """
+    safe = [f for f in factories if inspect.isclass(f) and "<locals>" not in f.__qualname__]
+    if safe:
+        torch.serialization.add_safe_globals(safe)
 
 
 def split_decay_groups(module: torch.nn.Module, sparse_names: Iterable[str] = ()) -> list[dict[str, Any]]:
