@@ -5,6 +5,7 @@ from callbacks.loss_spike_probe import LossSpikeProbe
 from callbacks.rank_consistency import RankConsistencyCheck
 from callbacks.regrowth_warmup import RegrowthWarmup
 from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
+from callbacks.sparse_delta import SparseDeltaEvolution
 from callbacks.sparse_topology import SparseTopology
 
 __all__: list[str] = [
@@ -15,4 +16,5 @@ __all__: list[str] = [
     "RegrowthWarmup",
     "LossSpikeProbe",
     "GlobalBatchSize",
+    "SparseDeltaEvolution",
 ]

@@ -2,6 +2,7 @@
 
 from datamodules.digits import DigitsDataModule
 from datamodules.images import ImageClassificationDataModule
+from datamodules.instruction import InstructionDataModule
 from datamodules.text import TextCorpusDataModule
 
-__all__: list[str] = ["DigitsDataModule", "ImageClassificationDataModule", "TextCorpusDataModule"]
+__all__: list[str] = ["DigitsDataModule", "ImageClassificationDataModule", "InstructionDataModule", "TextCorpusDataModule"]

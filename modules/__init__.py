@@ -1,6 +1,7 @@
 """LightningModules, one file per paper; short class names resolve in YAML through ``__all__``."""
 
 from modules.neurotrails import NeuroTrailsLM, NeuroTrailsMLP, NeuroTrailsResNet
+from modules.seft import SEFTCausalLM, SEFTLoRABaseline
 from modules.smet import SMETLlama
 
-__all__: list[str] = ["NeuroTrailsMLP", "NeuroTrailsResNet", "NeuroTrailsLM", "SMETLlama"]
+__all__: list[str] = ["NeuroTrailsMLP", "NeuroTrailsResNet", "NeuroTrailsLM", "SMETLlama", "SEFTCausalLM", "SEFTLoRABaseline"]

@@ -762,11 +762,65 @@ def _check_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def prune_command(argv: Sequence[str]) -> Path:
+    """``trainer prune --config X.yaml --output DIR [overrides]``: prune the YAML's model with its own
+    pruning settings and calibration data (dst_core §10) and save it as a transformers checkpoint.
+
+    The model must offer ``prune_base(datamodule)`` and ``save_pretrained(path)`` (``SEFTCausalLM``,
+    ``SEFTLoRABaseline``). Writes ``DIR/`` (weights, config, the datamodule's tokenizer when it has one)
+    and ``DIR/pruning.json`` (method, pattern, target and measured sparsity, calibration settings).
+    Load the result with ``pretrained: DIR`` and ``prune_method: none``.
+    """
+    import json
+
+    argv = list(argv)
+    if "--output" not in argv or argv.index("--output") + 1 >= len(argv):
+        raise ConfigError("trainer prune: give --output DIR (where the pruned model is saved)")
+    i = argv.index("--output")
+    out = Path(argv[i + 1])
+    del argv[i : i + 2]
+    cli = TrainerCLI(args=["fit", *argv], run=False)
+    model, dm = cli.model, cli.datamodule
+    if not (hasattr(model, "prune_base") and hasattr(model, "save_pretrained")):
+        raise ConfigError(f"trainer prune: {type(model).__name__} cannot prune (it lacks prune_base/save_pretrained)")
+    if dm is not None:
+        dm.prepare_data()
+        dm.setup("fit")
+    model.prune_base(dm)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok = getattr(dm, "tokenizer", None)
+    if tok is not None and hasattr(tok, "save_pretrained"):
+        tok.save_pretrained(str(out))
+    hp = model.hparams
+    report = {
+        "model": type(model).__name__,
+        "prune_method": hp.get("prune_method"),
+        "prune_pattern": hp.get("prune_pattern"),
+        "sparsity_target": hp.get("sparsity"),
+        "sparsity_measured": model.target_sparsity(),
+        "calibration_samples": hp.get("calibration_samples"),
+        "calibration_source": getattr(dm, "calibration_source", None),
+        "targets": list(getattr(model, "target_paths", [])),
+    }
+    (out / "pruning.json").write_text(json.dumps(report, indent=2))
+    print(f"pruned to sparsity {report['sparsity_measured']:.4f} ({report['prune_method']}, "
+          f"{report['prune_pattern']}); saved to {out}")  # fmt: skip
+    return out
+
+
 def main(args: Sequence[str] | None = None) -> int:
-    """Console entry point: ``trainer <fit|validate|test|predict|check> --config X ...``."""
+    """Console entry point: ``trainer <fit|validate|test|predict|check|prune> --config X ...``."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "check":
         return _check_main(argv[1:])
+    if argv and argv[0] == "prune":
+        try:
+            prune_command(argv[1:])
+        except (ConfigError, ValueError) as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        return 0
     try:
         TrainerCLI(args=argv)
     except ConfigError as exc:

