@@ -90,14 +90,20 @@ def resolve_base_checkpoint(path: str) -> str:
     raise ValueError(f"base_checkpoint {path!r} does not exist (run the pre-training YAML first)")
 
 
-def _load_base_checkpoint(model: nn.Module, path: str) -> None:
-    """Load the ``model.*`` weights of a Lightning checkpoint (e.g. the plays pre-training run)."""
+def _load_base_checkpoint(model: nn.Module, path: str, targets: list[str], weight_attr: str) -> None:
+    """Load the ``model.*`` weights of a Lightning checkpoint (e.g. the plays pre-training run) into a
+    model whose targets already hold their weight as ``<target>.<weight_attr>`` (``W0`` for deltas,
+    ``base_layer.weight`` under LoRA)."""
     path = resolve_base_checkpoint(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     sd = {k[len("model."):]: v for k, v in ckpt.get("state_dict", ckpt).items() if k.startswith("model.")}
     sd = {k: v for k, v in sd.items() if not k.endswith("weight_mask")}
+    for t in targets:
+        if f"{t}.weight" in sd and weight_attr != "weight":
+            sd[f"{t}.{weight_attr}"] = sd.pop(f"{t}.weight")
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+    own = tuple(f"{t}." for t in targets)  # the arm's own buffers and adapters (M, I, values, lora_*)
+    missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq") and not (k.startswith(own) and not k.endswith(f".{weight_attr}"))]
     if missing or unexpected:
         raise ValueError(f"base_checkpoint {path!r} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
@@ -108,7 +114,7 @@ class _PrunedLMBase(LightningModule):
     unit_test_datamodule = "TextCorpusDataModule"
     base_pattern: str
 
-    def _build(self, shape, pretrained, base_checkpoint, overrides: dict[str, Any], targets, sparsity, pattern,
+    def _build(self, shape, pretrained, dtype, overrides: dict[str, Any], targets, sparsity, pattern,
                prune_method, val_names) -> None:  # fmt: skip
         check_sparsity(sparsity)  # a sparsity outside [0, 1) fails before any work
         parse_pattern(pattern)
@@ -117,11 +123,11 @@ class _PrunedLMBase(LightningModule):
         if (shape is None) == (pretrained is None):
             raise ValueError(f"{type(self).__name__}: give exactly one of shape (a LLAMA_SHAPES name) and pretrained")
         if shape is not None:
-            self.model = build_causal_lm(llama_config(shape, overrides))
+            self.model = build_causal_lm(llama_config(shape, overrides), dtype=dtype)
         else:
-            self.model = build_causal_lm({k: v for k, v in overrides.items() if v is not None}, pretrained=pretrained)
-        if base_checkpoint is not None:
-            _load_base_checkpoint(self.model, base_checkpoint)
+            overrides = {k: v for k, v in overrides.items() if v is not None}
+            self.model = build_causal_lm(overrides, pretrained=pretrained, dtype=dtype)
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes
         self.target_paths = sparse_layer_paths(self.model, tuple(targets))
         if not self.target_paths:
             raise ValueError(f"{type(self).__name__}: targets {tuple(targets)} select no nn.Linear of the model")
@@ -172,6 +178,7 @@ class _PrunedLMBase(LightningModule):
         """
         hp = self.hparams
         self._prune_datamodule = datamodule
+        self.load_base_checkpoint()
         targets, attr = self._prune_targets()
         if hp.prune_method == "none":
             masks = {n: getattr(m, attr) != 0 for n, m in targets.items()}
@@ -193,8 +200,19 @@ class _PrunedLMBase(LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "seq_len"):
             check_lm_compat(self.model, seq_len=int(dm.seq_len), vocab_size=getattr(dm, "vocab_size", None))
-        if stage == "fit" and not bool(self.base_pruned):
+        if not bool(self.base_pruned):  # validate/test without a checkpoint evaluate the pruned base too
             self.prune_base()
+
+    def load_base_checkpoint(self) -> None:
+        """Load ``base_checkpoint`` into the model (once; before pruning). Kept out of ``__init__`` so a
+        config check builds the module without the pre-training run."""
+        path = self.hparams.get("base_checkpoint")
+        if path is not None and not getattr(self, "_base_loaded", False):
+            _load_base_checkpoint(self.model, path, self.target_paths, self._base_weight_attr())
+            self._base_loaded = True
+
+    def _base_weight_attr(self) -> str:
+        return "weight"
 
     # -- evaluation ---------------------------------------------------------------------------------
 
@@ -281,6 +299,8 @@ class SEFTCausalLM(_PrunedLMBase):
         base_checkpoint: a Lightning checkpoint, or a run folder (its newest ``last.ckpt``), whose
             ``model.*`` weights initialise a ``shape`` model (the plays pre-training run of seft.md §7);
             default ``None``.
+        dtype: weight dtype of the model and so of W0 (``bfloat16`` at 7B scale); ``None`` (default)
+            keeps float32. The deltas v are float32 always.
         vocab_size: override of the shape's vocabulary; ``None`` keeps it.
         hidden_size: override of the hidden size; ``None`` keeps it.
         intermediate_size: override of the MLP width; ``None`` keeps it.
@@ -318,6 +338,7 @@ class SEFTCausalLM(_PrunedLMBase):
         shape: str | None = None,
         pretrained: str | None = None,
         base_checkpoint: str | None = None,
+        dtype: str | None = None,
         vocab_size: int | None = None,
         hidden_size: int | None = None,
         intermediate_size: int | None = None,
@@ -355,7 +376,7 @@ class SEFTCausalLM(_PrunedLMBase):
             num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
             max_position_embeddings=max_position_embeddings,
         )  # fmt: skip
-        self._build(shape, pretrained, base_checkpoint, overrides, targets, sparsity, prune_pattern, prune_method, val_names)
+        self._build(shape, pretrained, dtype, overrides, targets, sparsity, prune_pattern, prune_method, val_names)
         for p in self.model.parameters():
             p.requires_grad_(trainable == "dense")
         if trainable == "delta":  # seft.md §3: only v has requires_grad
@@ -387,9 +408,11 @@ class SEFTCausalLM(_PrunedLMBase):
 
     # -- pruning --------------------------------------------------------------------------------------
 
+    def _base_weight_attr(self) -> str:
+        return "W0" if self.hparams.trainable == "delta" else "weight"
+
     def _prune_targets(self) -> tuple[dict[str, nn.Module], str]:
-        mods = {p: self.model.get_submodule(p) for p in self.target_paths}
-        return mods, ("W0" if self.hparams.trainable == "delta" else "weight")
+        return {p: self.model.get_submodule(p) for p in self.target_paths}, self._base_weight_attr()
 
     def _after_pruning(self, masks: dict[str, torch.Tensor]) -> None:
         seed = run_seed()
@@ -473,7 +496,9 @@ class SEFTLoRABaseline(_PrunedLMBase):
     Args:
         shape: a ``trainer.text.LLAMA_SHAPES`` name; ``None`` (default) needs ``pretrained``.
         pretrained: a model name, local path or packaged alias; default ``None``.
-        base_checkpoint: a Lightning checkpoint whose ``model.*`` weights initialise a ``shape`` model.
+        base_checkpoint: a Lightning checkpoint (or run folder) whose ``model.*`` weights initialise a
+            ``shape`` model; loaded in ``setup``.
+        dtype: weight dtype of the model (``bfloat16`` at 7B scale); ``None`` (default) keeps float32.
         vocab_size: override of the shape's vocabulary; ``None`` keeps it.
         hidden_size: override of the hidden size; ``None`` keeps it.
         intermediate_size: override of the MLP width; ``None`` keeps it.
@@ -506,6 +531,7 @@ class SEFTLoRABaseline(_PrunedLMBase):
         shape: str | None = None,
         pretrained: str | None = None,
         base_checkpoint: str | None = None,
+        dtype: str | None = None,
         vocab_size: int | None = None,
         hidden_size: int | None = None,
         intermediate_size: int | None = None,
@@ -544,7 +570,7 @@ class SEFTLoRABaseline(_PrunedLMBase):
             num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
             max_position_embeddings=max_position_embeddings,
         )  # fmt: skip
-        self._build(shape, pretrained, base_checkpoint, overrides, targets, sparsity, prune_pattern, prune_method, val_names)
+        self._build(shape, pretrained, dtype, overrides, targets, sparsity, prune_pattern, prune_method, val_names)
         from peft import LoraConfig, inject_adapter_in_model
 
         for p in self.model.parameters():
@@ -567,6 +593,9 @@ class SEFTLoRABaseline(_PrunedLMBase):
 
     def _lora_layers(self) -> dict[str, nn.Module]:
         return {p: self.model.get_submodule(p) for p in self.target_paths}
+
+    def _base_weight_attr(self) -> str:
+        return "base_layer.weight"
 
     def _prune_targets(self) -> tuple[dict[str, nn.Module], str]:
         return {f"{p}.base_layer": m.base_layer for p, m in self._lora_layers().items()}, "weight"

