@@ -114,27 +114,35 @@ class _PrunedLMBase(LightningModule):
     unit_test_datamodule = "TextCorpusDataModule"
     base_pattern: str
 
-    def _build(self, shape, pretrained, dtype, overrides: dict[str, Any], targets, sparsity, pattern,
-               prune_method, val_names) -> None:  # fmt: skip
-        check_sparsity(sparsity)  # a sparsity outside [0, 1) fails before any work
+    def _build(self) -> None:
+        """The model, targets, checks and metrics from the saved hyperparameters (shared by both classes)."""
+        hp = self.hparams
+        shape, pretrained, dtype, pattern = hp.shape, hp.pretrained, hp.dtype, hp.prune_pattern
+        check_sparsity(hp.sparsity)  # a sparsity outside [0, 1) fails before any work
         parse_pattern(pattern)
-        if prune_method not in PRUNE_METHODS:
-            raise ValueError(f"unknown prune_method {prune_method!r}; valid: {PRUNE_METHODS}")
+        if hp.prune_method not in PRUNE_METHODS:
+            raise ValueError(f"unknown prune_method {hp.prune_method!r}; valid: {PRUNE_METHODS}")
         if (shape is None) == (pretrained is None):
             raise ValueError(f"{type(self).__name__}: give exactly one of shape (a LLAMA_SHAPES name) and pretrained")
+        allow_in_weights_only_checkpoints(hp.optimizer, hp.scheduler)
+        self.optimizer_factory = hp.optimizer
+        self.scheduler_factory = hp.scheduler
+        self.scheduler_interval = hp.scheduler_interval
+        overrides = {k: hp[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+                                        "num_hidden_layers", "max_position_embeddings")}  # fmt: skip
         if shape is not None:
             self.model = build_causal_lm(llama_config(shape, overrides), dtype=dtype)
         else:
             overrides = {k: v for k, v in overrides.items() if v is not None}
             self.model = build_causal_lm(overrides, pretrained=pretrained, dtype=dtype)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes
-        self.target_paths = sparse_layer_paths(self.model, tuple(targets))
+        self.target_paths = sparse_layer_paths(self.model, tuple(hp.targets))
         if not self.target_paths:
-            raise ValueError(f"{type(self).__name__}: targets {tuple(targets)} select no nn.Linear of the model")
+            raise ValueError(f"{type(self).__name__}: targets {tuple(hp.targets)} select no nn.Linear of the model")
         for p in self.target_paths:
             check_pattern_fits(self.model.get_submodule(p).in_features, pattern, p)
         self.base_pattern = pattern
-        self.val_names = tuple(val_names)
+        self.val_names = tuple(hp.val_names)
         self.val_metrics = nn.ModuleList(MeanMetric() for _ in self.val_names)
         self.test_loss = MeanMetric()
         self.register_buffer("base_pruned", torch.zeros((), dtype=torch.bool), persistent=True)
@@ -370,13 +378,7 @@ class SEFTCausalLM(_PrunedLMBase):
         if trainable == "delta" and not 0.0 < delta_budget <= 1.0 - sparsity:
             raise ValueError(f"SEFTCausalLM: delta_budget must lie in (0, 1 − sparsity] = (0, {1 - sparsity:g}], got {delta_budget}")
         self.save_hyperparameters()
-        allow_in_weights_only_checkpoints(optimizer, scheduler)
-        overrides = dict(
-            vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-            num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
-            max_position_embeddings=max_position_embeddings,
-        )  # fmt: skip
-        self._build(shape, pretrained, dtype, overrides, targets, sparsity, prune_pattern, prune_method, val_names)
+        self._build()
         for p in self.model.parameters():
             p.requires_grad_(trainable == "dense")
         if trainable == "delta":  # seft.md §3: only v has requires_grad
@@ -388,9 +390,6 @@ class SEFTCausalLM(_PrunedLMBase):
                 lin = self.model.get_submodule(path)
                 lin.weight.requires_grad_(True)
                 attach_masks(lin, (nn.Linear,))  # the explicit mask, never W == 0 (seft.md §4, pitfall 4)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scheduler_interval = scheduler_interval
 
     @classmethod
     def unit_test_params(cls) -> dict[str, Any]:
@@ -564,13 +563,7 @@ class SEFTLoRABaseline(_PrunedLMBase):
         if rank < 1:
             raise ValueError(f"SEFTLoRABaseline: rank must be positive, got {rank}")
         self.save_hyperparameters()
-        allow_in_weights_only_checkpoints(optimizer, scheduler)
-        overrides = dict(
-            vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-            num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
-            max_position_embeddings=max_position_embeddings,
-        )  # fmt: skip
-        self._build(shape, pretrained, dtype, overrides, targets, sparsity, prune_pattern, prune_method, val_names)
+        self._build()
         from peft import LoraConfig, inject_adapter_in_model
 
         for p in self.model.parameters():
@@ -579,9 +572,6 @@ class SEFTLoRABaseline(_PrunedLMBase):
         pattern = "|".join(re.escape(p) for p in self.target_paths)
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
         inject_adapter_in_model(config, self.model)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scheduler_interval = scheduler_interval
 
     @classmethod
     def unit_test_params(cls) -> dict[str, Any]:
