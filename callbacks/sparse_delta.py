@@ -55,6 +55,7 @@ __all__ = ["SparseDeltaEvolution"]
 SENSITIVITY_GRADS = ("accumulated", "instant")
 INITIAL_POSITIONS = ("random_in_mask", "gradient_in_mask")
 DROP_DECAYS = ("linear", "cosine", "constant")
+STATE_POLICIES = ("P2", "P4")
 
 
 def _all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
@@ -93,9 +94,13 @@ class SparseDeltaEvolution(StatefulCallback):
             (seft.md §6); default true.
         log_per_layer: also log ``seft/sparsity/<layer>``; default false (hundreds of layers at 7B).
         image_layer: the layer (module path) of the mask-change image; ``None`` (default) = the first.
+        state_policy: optimizer state of the changed slots: ``P2`` (default; m = v = 0, s = reset_step,
+            SpIEL's ``SftAdamW``) or ``P4`` (seeded from the window: m = (1−β1^A)·mean g,
+            v = (1−β2^A)·mean g², s = A, dst_core §5; it keeps a second dense window of g²). Under DDP
+            the g² window is the mean of each rank's squared local gradients.
     """
 
-    _state_attrs = ("cycles", "last_step", "window_sum", "window_last", "window_steps", "total_steps_seen",
+    _state_attrs = ("cycles", "last_step", "window_sum", "window_sq", "window_last", "window_steps",
                     "pending_grad", "initialised")  # fmt: skip
 
     def __init__(
@@ -117,8 +122,11 @@ class SparseDeltaEvolution(StatefulCallback):
         check_invariants: bool = True,
         log_per_layer: bool = False,
         image_layer: str | None = None,
+        state_policy: str = "P2",
     ) -> None:
         super().__init__(name)
+        if state_policy not in STATE_POLICIES:
+            raise ValueError(f"SparseDeltaEvolution: state_policy must be one of {STATE_POLICIES}, got {state_policy!r}")
         for value, valid, what in ((drop_mode, DROP_MODES, "drop_mode"), (adapt_criterion, ADAPT_CRITERIA, "adapt_criterion"),
                                    (sensitivity_grad, SENSITIVITY_GRADS, "sensitivity_grad"),
                                    (adapt_granularity, ADAPT_GRANULARITIES, "adapt_granularity"),
@@ -146,13 +154,14 @@ class SparseDeltaEvolution(StatefulCallback):
         self.check_invariants = check_invariants
         self.log_per_layer = log_per_layer
         self.image_layer = image_layer
+        self.state_policy = state_policy
         # checkpointed state
         self.cycles = 0
         self.last_step = -1
         self.window_sum: dict[str, torch.Tensor] = {}
+        self.window_sq: dict[str, torch.Tensor] = {}
         self.window_last: dict[str, torch.Tensor] = {}
         self.window_steps = 0
-        self.total_steps_seen = 0
         self.pending_grad: dict[str, torch.Tensor] = {}  # deferred adapt: the last cycle's G
         self.initialised = False
         self._T = 0
@@ -246,6 +255,12 @@ class SparseDeltaEvolution(StatefulCallback):
                 self.window_sum[name] = m.grad_acc.clone()
             if self.sensitivity_grad == "instant":
                 self.window_last[name] = m.grad_acc.clone()
+            if self.state_policy == "P4":
+                sq = m.grad_acc.square()
+                if name in self.window_sq:
+                    self.window_sq[name].add_(sq)
+                else:
+                    self.window_sq[name] = sq
             m.release_grad()
         self.window_steps += 1
 
@@ -270,6 +285,7 @@ class SparseDeltaEvolution(StatefulCallback):
         react = self._reactivation(pl_module)
         grad_bytes = sum(g.numel() * g.element_size() for g in self.window_sum.values())
         grad_bytes += sum(g.numel() * g.element_size() for g in self.window_last.values())
+        grad_bytes += sum(g.numel() * g.element_size() for g in self.window_sq.values())
         totals = {"dropped": 0, "grown": 0, "adapt_removed": 0, "cycle_reactivated": 0}
         for name, m in layers.items():
             G = _all_reduce_mean(self.window_sum.pop(name).div_(self.window_steps))  # mean over the last A steps
@@ -283,8 +299,11 @@ class SparseDeltaEvolution(StatefulCallback):
                               drop_mode=self.drop_mode, adapt_criterion=self.adapt_criterion,
                               adapt_granularity=self.adapt_granularity, adapt_timing=self.adapt_timing,
                               sensitivity_grad=S)  # fmt: skip
+            G2 = _all_reduce_mean(self.window_sq.pop(name).div_(self.window_steps)) if self.state_policy == "P4" else None
             if opt is not None and res.slots.numel():
                 reset_entries(opt, m.values, res.slots)  # P2: m = v = 0, s = reset_step at the changed slots
+                if G2 is not None:
+                    seed_slots_p4(opt, m.values, res.slots, G.reshape(-1)[res.grown], G2.reshape(-1)[res.grown], self.window_steps)
             if self.adapt_timing == "deferred":
                 self.pending_grad[name] = (G if S is None else S).clone()
             totals["dropped"] += res.slots.numel()
@@ -369,6 +388,23 @@ class SparseDeltaEvolution(StatefulCallback):
         fig.tight_layout()
         log_figure(trainer, "seft/mask_change", fig, step=trainer.global_step)
         plt.close(fig)
+
+
+@torch.no_grad()
+def seed_slots_p4(
+    optimizer: Any, values: torch.Tensor, slots: torch.Tensor, g_mean: torch.Tensor, g2_mean: torch.Tensor, A: int
+) -> None:
+    """P4 (dst_core §5, SpIEL): seed the Adam state of newly grown slots from the last A steps:
+    m = (1−β1^A)·mean(g), v = (1−β2^A)·mean(g²), s = A, so the bias-corrected moments start unbiased."""
+    state = optimizer.state.get(values)
+    if not state:
+        return
+    group = next(g for g in optimizer.param_groups if any(p is values for p in g["params"]))
+    b1, b2 = group["betas"]
+    state["exp_avg"][slots] = (1.0 - b1**A) * g_mean.to(state["exp_avg"].dtype)  # m = (1−β1^A)·mean g
+    state["exp_avg_sq"][slots] = (1.0 - b2**A) * g2_mean.to(state["exp_avg_sq"].dtype)  # v = (1−β2^A)·mean g²
+    if "step_i" in state:
+        state["step_i"][slots] = min(int(A), torch.iinfo(state["step_i"].dtype).max)  # s = A
 
 
 def mask_change_rgb(M0: torch.Tensor, M: torch.Tensor, max_side: int = 128) -> Any:

@@ -367,3 +367,24 @@ def test_miniature_yamls_run_from_a_pretraining_checkpoint(in_tmp):
         # per row in − floor(0.7·in) kept: 0.6953 for 128 inputs, 0.6977 for 344, 0.6958 over the targets
         expect = 0.0 if "lora_dense" in path.name else 0.6958
         assert cli.model.target_sparsity() >= expect, path.name
+
+
+def test_p4_seeds_the_grown_slots_from_the_window(dm):
+    from callbacks.sparse_delta import seed_slots_p4
+
+    v = torch.nn.Parameter(torch.zeros(4))
+    opt = MaskedAdam([v], lr=0.1, betas=(0.9, 0.99))
+    opt.attach_masks({v: torch.arange(4)}, state_policy="P2")
+    v.grad = torch.ones(4)
+    opt.step()
+    seed_slots_p4(opt, v, torch.tensor([1, 3]), torch.tensor([2.0, -1.0]), torch.tensor([5.0, 3.0]), A=5)
+    st = opt.state[v]
+    assert torch.allclose(st["exp_avg"][[1, 3]], (1 - 0.9**5) * torch.tensor([2.0, -1.0]))
+    assert torch.allclose(st["exp_avg_sq"][[1, 3]], (1 - 0.99**5) * torch.tensor([5.0, 3.0]))
+    assert st["step_i"].tolist() == [1, 5, 1, 5]
+    # bias-corrected, the seeded moments are the window means: m̂ = mean g, v̂ = mean g²
+    assert torch.allclose(st["exp_avg"][1] / (1 - 0.9**5), torch.tensor(2.0))
+    model = SEFTCausalLM(**SEFTCausalLM.unit_test_params())
+    cb = SparseDeltaEvolution(update_interval=3, grad_window=2, state_policy="P4")
+    _fit(model, dm, [cb], steps=7)
+    assert cb.cycles == 2 and cb.window_sq == {}
