@@ -388,3 +388,16 @@ def test_p4_seeds_the_grown_slots_from_the_window(dm):
     cb = SparseDeltaEvolution(update_interval=3, grad_window=2, state_policy="P4")
     _fit(model, dm, [cb], steps=7)
     assert cb.cycles == 2 and cb.window_sq == {}
+
+
+def test_seft_on_instruction_data():
+    from datamodules.instruction import InstructionDataModule
+
+    data = InstructionDataModule(**InstructionDataModule.unit_test_params())
+    model = SEFTCausalLM(**{**SEFTCausalLM.unit_test_params(), "calibration_samples": 8})
+    cb = SparseDeltaEvolution(update_interval=2, grad_window=1)
+    trainer = _fit(model, data, [cb], steps=6, limit_val_batches=2, val_check_interval=3)
+    assert cb.cycles == 2
+    assert math.isfinite(float(trainer.callback_metrics["val/target_loss"]))
+    for m in model.sparse_deltas().values():
+        assert seft_invariants(m.W0, m.M, m.I, m.values, int(m.n_keep)) == []
