@@ -114,8 +114,11 @@ class _PrunedLMBase(LightningModule):
     unit_test_datamodule = "TextCorpusDataModule"
     base_pattern: str
 
-    def _build(self) -> None:
-        """The model, targets, checks and metrics from the saved hyperparameters (shared by both classes)."""
+    def _build(self, optimizer: Any, scheduler: Any, scheduler_interval: str) -> None:
+        """The model, targets, checks and metrics from the saved hyperparameters (shared by both classes).
+
+        The optimizer and scheduler factories come as arguments: under LightningCLI the saved
+        hyperparameters hold their config, not the callables."""
         hp = self.hparams
         shape, pretrained, dtype, pattern = hp.shape, hp.pretrained, hp.dtype, hp.prune_pattern
         check_sparsity(hp.sparsity)  # a sparsity outside [0, 1) fails before any work
@@ -124,10 +127,10 @@ class _PrunedLMBase(LightningModule):
             raise ValueError(f"unknown prune_method {hp.prune_method!r}; valid: {PRUNE_METHODS}")
         if (shape is None) == (pretrained is None):
             raise ValueError(f"{type(self).__name__}: give exactly one of shape (a LLAMA_SHAPES name) and pretrained")
-        allow_in_weights_only_checkpoints(hp.optimizer, hp.scheduler)
-        self.optimizer_factory = hp.optimizer
-        self.scheduler_factory = hp.scheduler
-        self.scheduler_interval = hp.scheduler_interval
+        allow_in_weights_only_checkpoints(optimizer, scheduler)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
         overrides = {k: hp[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
                                         "num_hidden_layers", "max_position_embeddings")}  # fmt: skip
         if shape is not None:
@@ -378,7 +381,7 @@ class SEFTCausalLM(_PrunedLMBase):
         if trainable == "delta" and not 0.0 < delta_budget <= 1.0 - sparsity:
             raise ValueError(f"SEFTCausalLM: delta_budget must lie in (0, 1 − sparsity] = (0, {1 - sparsity:g}], got {delta_budget}")
         self.save_hyperparameters()
-        self._build()
+        self._build(optimizer, scheduler, scheduler_interval)
         for p in self.model.parameters():
             p.requires_grad_(trainable == "dense")
         if trainable == "delta":  # seft.md §3: only v has requires_grad
@@ -563,7 +566,7 @@ class SEFTLoRABaseline(_PrunedLMBase):
         if rank < 1:
             raise ValueError(f"SEFTLoRABaseline: rank must be positive, got {rank}")
         self.save_hyperparameters()
-        self._build()
+        self._build(optimizer, scheduler, scheduler_interval)
         from peft import LoraConfig, inject_adapter_in_model
 
         for p in self.model.parameters():
