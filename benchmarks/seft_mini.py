@@ -11,7 +11,8 @@
 
 Columns: sparsity and arm; trainable parameters; optimizer state bytes; final sparsity of the exported
 weights (after merging for LoRA; exact zeros over the target matrices); B (target) validation loss ± sd
-and A (source) validation loss (forgetting); reactivated positions and the Hamming distance of M to the
+and A (source) validation loss (forgetting) of the exported model (for LoRA* the merged and re-pruned one;
+its unmerged adapter losses are kept in the JSON); reactivated positions and the Hamming distance of M to the
 initial mask / n_keep (SEFT arms); s/step. Each finished run is written to ``<out>/<arm>_s<sp>_seed<k>.json``
 and reused on the next call (``--fresh`` reruns).
 
@@ -86,6 +87,7 @@ def run_one(job: tuple[str, float, int, str, str, int]) -> dict:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT))
+    from benchmarks.common import lm_eval_loss, seconds_per_step
     from callbacks.sparse_delta import SparseDeltaEvolution
     from trainer.cli import TrainerCLI
     from trainer.sparse.optim import optimizer_state_bytes
@@ -112,6 +114,10 @@ def run_one(job: tuple[str, float, int, str, str, int]) -> dict:
     ham = sum(int((m.M ^ m.M0).sum()) for m in layers.values())
     keep = sum(int(m.n_keep) for m in layers.values())
     evo = next((cb for cb in trainer.callbacks if isinstance(cb, SparseDeltaEvolution)), None)
+    adapter_losses = None
+    if arm == "lora_star":  # the deployable LoRA* is the merged and re-pruned model: evaluate that one
+        adapter_losses = (metrics.get("val/target_loss"), metrics.get("val/source_loss"))
+        metrics["val/target_loss"], metrics["val/source_loss"] = lm_eval_loss(model.export_model(), trainer.datamodule.val_dataloader())
     result = {
         "arm": arm, "sparsity": sparsity, "seed": seed,
         "target_loss": metrics.get("val/target_loss", float("nan")),
@@ -123,9 +129,11 @@ def run_one(job: tuple[str, float, int, str, str, int]) -> dict:
         "optimizer_bytes": optimizer_state_bytes(trainer.optimizers) if arm != "none" else 0,
         "reactivated": react, "hamming_over_keep": ham / keep if keep else float("nan"),
         "cycles": evo.cycles if evo is not None else 0,
-        "s_per_step": wall / max(trainer.global_step, 1) if arm != "none" else float("nan"),
+        "s_per_step": seconds_per_step(trainer) if arm != "none" else float("nan"),
+        "wall_s": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "steps": trainer.global_step,
+        "adapter_losses": adapter_losses,  # LoRA*: the unmerged adapter model's losses, before re-pruning
     }  # fmt: skip
     (Path(out) / f"{tag}.json").write_text(json.dumps(result, indent=1))
     return result

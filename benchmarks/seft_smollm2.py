@@ -5,7 +5,8 @@ it once to a plain float32 transformers checkpoint). Each arm runs ``yaml/seft/s
 in its own process (2 CPU threads) for the same number of steps, from the same cached Wanda base
 (32 calibration blocks of the plays, 128 tokens):
 
-- ``seft``: sparse deltas (ρ = 0.01), drop → grow → adapt every 20 steps (p0 = 0.2, A = 5);
+- ``seft``: sparse deltas (ρ = 0.01), drop → grow → adapt every K = 10 steps here (p0 = 0.2 linear, A = 5;
+  the YAML's 200-step run uses K = 20);
 - ``static_delta``: the same deltas with I and M fixed (static sparse fine-tuning);
 - ``lora_star``: LoRA rank 8; its sparsity is measured after merging (``lora_merged_sparsity``: what the
   merge leaves, Wanda issues #10/#83) and after the Wanda re-prune of LoRA*, whose exported model is then
@@ -15,7 +16,7 @@ Reported per arm: target (Python) validation loss on 100 held-out sequences, sou
 of the exported target matrices, reactivated base-pruned positions, trainable parameters, peak RSS and
 seconds per optimizer step. Also the loss of the pruned base before fine-tuning.
 
-Run: ``python benchmarks/seft_smollm2.py`` (≈ 15 min on 2 cores; ``--steps`` to change the 100 steps).
+Run: ``python benchmarks/seft_smollm2.py`` (≈ 15 min on 2 cores: 60 steps per arm; ``--steps``, ``--interval``).
 The last line is ``RESULT seft_loss_s70=<x> static_loss_s70=<y> lora_merged_sparsity_s70=<z>
 seft_sparsity_s70=<w> ...``.
 """
@@ -37,35 +38,15 @@ sys.path.insert(0, str(ROOT))
 ARMS = ("seft", "static_delta", "lora_star")
 
 
-def _eval_loss(model, loaders, limit: int) -> list[float]:
-    """Token-weighted mean loss of ``model`` (an exported transformers LM) on each loader."""
-    import torch
-
-    from trainer.text import causal_lm_loss
-
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for loader in loaders:
-            tot = n = 0.0
-            for i, batch in enumerate(loader):
-                if i >= limit:
-                    break
-                k = int((batch["labels"] != -100).sum())
-                tot += float(causal_lm_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"])) * k
-                n += k
-            out.append(tot / max(n, 1))
-    return out
-
-
-def run_arm(job: tuple[str, int, str, int]) -> dict:
-    arm, steps, out, threads = job
+def run_arm(job: tuple[str, int, int, str, int]) -> dict:
+    arm, steps, interval, out, threads = job
     for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(k, "1")
     import torch
 
     torch.set_num_threads(threads)
     sys.path.insert(0, str(ROOT))
+    from benchmarks.common import lm_eval_loss, seconds_per_step
     from callbacks.sparse_delta import SparseDeltaEvolution
     from trainer.cli import TrainerCLI
 
@@ -79,7 +60,10 @@ def run_arm(job: tuple[str, int, str, int]) -> dict:
         cli = TrainerCLI(args=["validate", *common])
         steps_done, fit_s = 0, float("nan")
     else:
-        cli = TrainerCLI(args=["fit", *common, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)])
+        extra = ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "5"]
+        if arm == "seft":
+            extra += ["--trainer.callbacks.update_interval", str(interval)]
+        cli = TrainerCLI(args=["fit", *common, *extra])
         steps_done = cli.trainer.global_step
         fit_s = time.perf_counter() - t0
     trainer, model = cli.trainer, cli.model
@@ -96,7 +80,8 @@ def run_arm(job: tuple[str, int, str, int]) -> dict:
         "reactivated": sum(int((x.M & ~x.M0).sum()) for x in layers.values()),
         "cycles": next((cb.cycles for cb in trainer.callbacks if isinstance(cb, SparseDeltaEvolution)), 0),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad) if arm != "base" else 0,
-        "s_per_step": fit_s / max(steps_done, 1) if steps_done else float("nan"),
+        "s_per_step": seconds_per_step(trainer) if steps_done else float("nan"),
+        "wall_s": fit_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }  # fmt: skip
     if arm == "lora_star":
@@ -105,7 +90,7 @@ def run_arm(job: tuple[str, int, str, int]) -> dict:
         exported = model.export_model()  # merge + Wanda re-prune (LoRA*)
         dm = trainer.datamodule
         limit = int(trainer.limit_val_batches) if isinstance(trainer.limit_val_batches, int) else 10**9
-        result["lora_star_target_loss"], result["lora_star_source_loss"] = _eval_loss(exported, dm.val_dataloader(), limit)
+        result["lora_star_target_loss"], result["lora_star_source_loss"] = lm_eval_loss(exported, dm.val_dataloader(), limit)
     (Path(out) / f"{arm}.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -113,7 +98,8 @@ def run_arm(job: tuple[str, int, str, int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arms", nargs="+", default=["base", *ARMS], choices=["base", *ARMS])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps of every arm")
+    parser.add_argument("--interval", type=int, default=10, help="SEFT's K for this short run (the YAML's is 20)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_seft_smollm2"))
     parser.add_argument("--fresh", action="store_true")
@@ -129,7 +115,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         with ctx.Pool(1) as pool:
-            results[arm] = pool.apply(run_arm, ((arm, args.steps, str(out), args.threads),))
+            results[arm] = pool.apply(run_arm, ((arm, args.steps, args.interval, str(out), args.threads),))
         print(f"{arm}: target loss {results[arm]['target_loss']:.4f} in {time.perf_counter() - t0:.0f} s", flush=True)
 
     header = f"{'arm':<26}{'steps':>6}{'B val loss':>11}{'A val loss':>11}{'sparsity':>10}{'react':>8}{'trainable':>11}{'peak MB':>9}{'s/step':>8}"
@@ -139,7 +125,8 @@ def main() -> None:
         r = results[arm]
         label = {"base": "pruned base (no FT)", "seft": "SEFT", "static_delta": "static sparse (delta)",
                  "lora_star": "LoRA (unmerged adapters)"}[arm]  # fmt: skip
-        print(f"{label:<26}{r['steps']:>6}{r['target_loss']:>11.4f}{r['source_loss']:>11.4f}{r['sparsity']:>10.4f}"
+        sp = "    apart" if arm == "lora_star" else f"{r['sparsity']:>10.4f}"  # adapters unmerged: see the rows below
+        print(f"{label:<26}{r['steps']:>6}{r['target_loss']:>11.4f}{r['source_loss']:>11.4f}{sp:>10}"
               f"{r['reactivated']:>8}{r['trainable']:>11,}{r['peak_rss_mb']:>9.0f}{r['s_per_step']:>8.2f}")  # fmt: skip
         if arm == "lora_star":
             print(f"{'  LoRA merged':<26}{'':>6}{r['target_loss']:>11.4f}{r['source_loss']:>11.4f}{r['merged_sparsity']:>10.4f}")
