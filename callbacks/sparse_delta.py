@@ -173,14 +173,23 @@ class SparseDeltaEvolution(StatefulCallback):
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _layers(pl_module: LightningModule) -> dict[str, Any]:
+    def _layers(self, pl_module: LightningModule) -> dict[str, Any]:
+        """The module's delta layers, looked up once per module (its structure never changes)."""
+        cached = getattr(self, "_layer_cache", None)
+        if cached is not None and cached[0] is pl_module:
+            return cached[1]
         if not isinstance(pl_module, HasSparseDeltas):
             raise TypeError(f"SparseDeltaEvolution needs a module with sparse_deltas() (HasSparseDeltas), got {type(pl_module).__name__}")
         layers = pl_module.sparse_deltas()
         if not layers:
             raise ValueError("SparseDeltaEvolution: the module has no sparse-delta layers (use trainable: delta)")
+        self._layer_cache = (pl_module, layers)
         return layers
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_layer_cache", None)  # pickles (ddp_spawn) without the module
+        return state
 
     def _reactivation(self, pl_module: LightningModule) -> bool:
         return self.allow_reactivation and getattr(pl_module, "base_pattern", "unstructured") == "unstructured"
