@@ -279,6 +279,29 @@ class _PrunedLMBase(LightningModule):
         """A plain transformers model with the final weights (``save_pretrained`` works on it)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def _plain_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """A copy of the model whose targets are plain ``nn.Linear`` layers holding ``weights``: delta
+        layers rebuilt, LoRA layers replaced by their base layer, ``weight_mask`` buffers dropped."""
+        import copy
+
+        model = copy.deepcopy(self.model)
+        for path in self.target_paths:
+            mod = model.get_submodule(path)
+            if isinstance(mod, SparseDeltaLinear):
+                lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                                dtype=mod.W0.dtype, device=mod.W0.device)  # fmt: skip
+                if mod.bias is not None:
+                    lin.bias.copy_(mod.bias)
+            else:
+                lin = getattr(mod, "base_layer", mod)  # peft's LoRA layer wraps the original linear
+                lin._buffers.pop("weight_mask", None)
+            lin.weight.copy_(weights[path])
+            model.set_submodule(path, lin)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
     def save_pretrained(self, path: str) -> None:
         """Save the exported model (and nothing else) as a transformers checkpoint."""
         self.export_model().save_pretrained(path)
@@ -458,23 +481,7 @@ class SEFTCausalLM(_PrunedLMBase):
     @torch.no_grad()
     def export_model(self) -> nn.Module:
         """W_final = (W0 + scatter(v at I)) ⊙ M in plain linears (seft.md §3, export)."""
-        import copy
-
-        model = copy.deepcopy(self.model)
-        for path in self.target_paths:
-            mod = model.get_submodule(path)
-            if isinstance(mod, SparseDeltaLinear):
-                lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
-                                dtype=mod.W0.dtype, device=mod.W0.device)  # fmt: skip
-                lin.weight.copy_(mod.export_weight())
-                if mod.bias is not None:
-                    lin.bias.copy_(mod.bias)
-                model.set_submodule(path, lin)
-            elif hasattr(mod, "weight_mask"):
-                del mod._buffers["weight_mask"]
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
+        return self._plain_model(self.final_weights())
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -612,7 +619,7 @@ class SEFTLoRABaseline(_PrunedLMBase):
 
     def _reprune(self, merged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """LoRA*: Wanda re-prune of the merged weights to the target (calibrated on the merged model)."""
-        model = self._merged_model(merged)
+        model = self._plain_model(merged)
         targets = {p: model.get_submodule(p) for p in self.target_paths}
         method = "magnitude" if self.hparams.prune_method in ("magnitude", "none") else "wanda"
         prune_targets_(model, targets, self._calibration() if method == "wanda" else [], method,
@@ -620,26 +627,8 @@ class SEFTLoRABaseline(_PrunedLMBase):
                        sequential=self.hparams.prune_sequential)  # fmt: skip
         return {p: t.weight.detach().clone() for p, t in targets.items()}
 
-    def _merged_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        import copy
-
-        model = copy.deepcopy(self.model)
-        for path in self.target_paths:
-            mod = model.get_submodule(path)
-            lin = mod.base_layer
-            lin.weight.data.copy_(weights[path])
-            model.set_submodule(path, lin)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-
     @torch.no_grad()
     def export_model(self) -> nn.Module:
         if self.hparams.merge == "none":
             raise ValueError("SEFTLoRABaseline: merge: none keeps the adapters apart; choose merge or merge_reprune to export")
-        return self._merged_model(self.final_weights())
-
-    @torch.no_grad()
-    def target_sparsity(self) -> float:
-        """Sparsity after merging (and re-pruning for LoRA*) — what a deployed model would have."""
-        return super().target_sparsity()
+        return self._plain_model(self.final_weights())
