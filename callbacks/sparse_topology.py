@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 
 from trainer.callback_state import StatefulCallback
 from trainer.data import run_seed
@@ -211,6 +212,7 @@ class SparseTopology(StatefulCallback):
         self._t_total = 0
         self._delta = 0
         self._t_end = 0.0
+        self._all_dense = False
         self._initialised = False
         self._stash: dict[str, torch.Tensor] = {}
         self._owners: dict[str, list[torch.optim.Optimizer]] = {}
@@ -405,10 +407,15 @@ class SparseTopology(StatefulCallback):
         else:
             self._delta = int(cfg.delta_t)
         self._t_end = end_step(self._t_total, cfg.end_fraction)  # dst_core §4: T_end
+        layers = self._layers(pl_module)
+        self._all_dense = sum(self.counts) == sum(self._numel(n, e) for _, n, e in layers)
+        if self._all_dense:
+            rank_zero_info("SparseTopology: the mask set is fully dense (density 1); no drop/grow updates")
 
     def is_update(self, t: int) -> bool:
-        """Whether an update follows optimizer step ``t`` (dst_core §4)."""
-        return self._delta > 0 and is_update_step(t, self._delta, self._t_end)
+        """Whether an update follows optimizer step ``t`` (dst_core §4); never for a fully dense mask set
+        (density 1: nothing to drop or grow, e.g. the dense arm of a density sweep)."""
+        return self._delta > 0 and not self._all_dense and is_update_step(t, self._delta, self._t_end)
 
     def fraction(self, t: int) -> float:
         """The drop fraction f_t (dst_core §4)."""

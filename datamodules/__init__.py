@@ -3,6 +3,6 @@
 from datamodules.digits import DigitsDataModule
 from datamodules.images import ImageClassificationDataModule
 from datamodules.instruction import InstructionDataModule
-from datamodules.text import TextCorpusDataModule
+from datamodules.text import RepeatedTokensDataModule, TextCorpusDataModule
 
-__all__: list[str] = ["DigitsDataModule", "ImageClassificationDataModule", "InstructionDataModule", "TextCorpusDataModule"]
+__all__: list[str] = ["DigitsDataModule", "ImageClassificationDataModule", "InstructionDataModule", "RepeatedTokensDataModule", "TextCorpusDataModule"]

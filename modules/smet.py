@@ -51,7 +51,12 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from trainer.data import run_seed
-from trainer.optimization import allow_in_weights_only_checkpoints, configure_optimization, split_decay_groups
+from trainer.optimization import (
+    allow_in_weights_only_checkpoints,
+    configure_optimization,
+    fill_total_steps,
+    split_decay_groups,
+)
 from trainer.sparse import MaskedAdam, MaskedModuleMixin, attach_masks, compactify_linears
 from trainer.sparse.masks import mask_set_density
 from trainer.text import build_causal_lm, causal_lm_loss, check_lm_compat, llama_config
@@ -193,7 +198,9 @@ class SMETLlama(MaskedModuleMixin, LightningModule):
         return mask_set_density(self)
 
     def on_train_start(self) -> None:
-        """Dense layout: the masks (drawn by SparseTopology in setup) must have the module's density."""
+        """Dense layout: the masks (drawn by SparseTopology in setup) must have the module's density.
+        A scheduler with ``total_steps: null`` gets the run's optimizer steps."""
+        fill_total_steps(self.trainer)
         if self.hparams.layout == "dense":
             d, entries = self.sparse_density(), self.mask_set()
             tol = len(entries) / sum(e.mask.numel() for e in entries.values())  # rounding: ≤ 1 entry per layer

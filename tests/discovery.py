@@ -56,6 +56,34 @@ def paper_yaml() -> list[Path]:
     return [p for p in all_yaml() if BASE_DIR not in p.parents]
 
 
+#: YAML kinds other than a training run, by their single top-level key, and the subcommand that reads them.
+#: ``law``: ``trainer fit-law`` / ``predict-law`` (trainer/scaling_law.py); ``sweep``: ``trainer sweep``
+#: (trainer/sweep.py).
+OTHER_KINDS = ("law", "sweep")
+
+
+def yaml_kind(path: Path) -> str:
+    """``"run"`` for a training config, else the single top-level key of :data:`OTHER_KINDS`."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    keys = set(data) if isinstance(data, dict) else set()
+    for kind in OTHER_KINDS:
+        if kind in keys:
+            return kind
+    return "run"
+
+
+def run_yaml() -> list[Path]:
+    """Paper YAMLs that are training configs (``trainer fit --config``)."""
+    return [p for p in paper_yaml() if yaml_kind(p) == "run"]
+
+
+def other_yaml() -> list[Path]:
+    """Paper YAMLs read by another subcommand (law and sweep files)."""
+    return [p for p in paper_yaml() if yaml_kind(p) != "run"]
+
+
 def smoke_yaml() -> list[Path]:
     return sorted(p for p in paper_yaml() if p.name == "smoke.yaml")
 
@@ -81,7 +109,7 @@ def requires(path: Path) -> list[str]:
 
 def cpu_runnable_yaml() -> list[Path]:
     """Paper YAMLs that must complete ``fast_dev_run`` on CPU: all without a ``Requires:`` line."""
-    return [p for p in paper_yaml() if not requires(p)]
+    return [p for p in run_yaml() if not requires(p)]
 
 
 def rel(path: Path) -> str:

@@ -760,6 +760,7 @@ def test_update_timing_and_fractions(accumulate):
         ("set", functools.partial(MaskedSGD, lr=0.05, momentum=0.9), dict(delta_t=3)),
         ("neurotrails_lm", functools.partial(torch.optim.Adam, lr=0.01), dict(delta_t=3, density=0.6)),
         ("smet", functools.partial(MaskedAdam, lr=0.01), dict(delta_t=3, warmup_steps=4)),
+        ("sparse_dc", functools.partial(MaskedAdam, lr=0.01), dict(delta_t=3)),  # sparse_scaling.md §6 "DST"
     ],
 )
 def test_callback_invariants_in_training(preset, opt, overrides):

@@ -43,19 +43,41 @@ def _ids(paths):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", disc.paper_yaml(), ids=_ids(disc.paper_yaml()))
-def test_yaml_parses_with_header_and_readme(path):
-    cfg = parse_config(["fit", "--config", str(path)]).fit
-    assert cfg.model is not None and cfg.model.class_path, "a run YAML names its model"
+def _header_and_readme(path: Path) -> None:
     head = disc.header(path)
     assert head, f"{disc.rel(path)} must open with a comment header"
     commands = [ln for ln in head if ln.startswith("Command:")]
     assert commands and disc.rel(path) in commands[0] and "trainer " in commands[0], (
-        f"{disc.rel(path)}: header needs 'Command: trainer fit --config {disc.rel(path)}'"
+        f"{disc.rel(path)}: header needs 'Command: trainer <subcommand> --config {disc.rel(path)}'"
     )
     readme = path.parent / "README.md"
     assert readme.is_file(), f"{disc.rel(path.parent)} needs a README.md"
     assert path.name in readme.read_text(), f"{disc.rel(readme)} does not mention {path.name}"
+
+
+@pytest.mark.parametrize("path", disc.run_yaml(), ids=_ids(disc.run_yaml()))
+def test_yaml_parses_with_header_and_readme(path):
+    cfg = parse_config(["fit", "--config", str(path)]).fit
+    assert cfg.model is not None and cfg.model.class_path, "a run YAML names its model"
+    _header_and_readme(path)
+
+
+@pytest.mark.parametrize("path", disc.other_yaml(), ids=_ids(disc.other_yaml()))
+def test_law_and_sweep_yaml_validate(path, tmp_path):
+    """Law files load with every key checked; sweep files expand, and every expanded run YAML parses."""
+    kind = disc.yaml_kind(path)
+    if kind == "law":
+        from trainer.scaling_law import load_law_config
+
+        load_law_config(path)
+    else:
+        from trainer.sweep import load_sweep
+
+        points = load_sweep(path, out=tmp_path).points()
+        assert points, f"{disc.rel(path)} expands to no run"
+        for point in points[:3] + points[-1:]:  # the first and last points cover every axis' ends
+            assert parse_config(["fit", *point.config_args()]).fit.model is not None
+    _header_and_readme(path)
 
 
 @pytest.mark.parametrize("preset", disc.presets(), ids=_ids(disc.presets()))
@@ -345,7 +367,7 @@ def _readme_trainer_commands(readme: Path) -> list[str]:
             in_code = not in_code
             continue
         s = line.strip()
-        if in_code and re.match(r"^trainer (fit|validate|test|predict|check)\b", s):
+        if in_code and re.match(r"^trainer (fit|validate|test|predict|check|fit-law|predict-law|sweep)(\s|$)", s):
             cmds.append(s.split(" #")[0].strip())
     return cmds
 
@@ -360,6 +382,12 @@ def test_readme_command_runs(readme, command, in_tmp):
     import shlex
 
     argv = shlex.split(command)[1:]
+    if argv[0] in ("fit-law", "predict-law"):  # seconds on CPU: run as written
+        assert main(argv) == 0
+        return
+    if argv[0] == "sweep":  # hours of training: expand, check every run YAML, run nothing
+        assert main([*argv, "--dry-run"]) == 0
+        return
     configs = [argv[i + 1] for i, a in enumerate(argv) if a == "--config" and i + 1 < len(argv)]
     needs = [r for c in configs for r in disc.requires(ROOT / c) if (ROOT / c).is_file()]
     if argv[0] == "check" or needs:  # GPU/paper-data commands: must at least validate completely

@@ -50,10 +50,10 @@ import datamodules  # noqa: F401
 import modules  # noqa: F401
 import trainer as _pkg
 from callbacks.run_safety import NonFiniteLossError, NonFiniteLossGuard, SignalCheckpoint
+from trainer.paths import PROJECT_ROOT, resolve_config_path
 
 __all__ = ["TrainerCLI", "ConfigError", "main", "parse_config", "check_config", "PROJECT_ROOT"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = "runs"
 # The main job: what a bare ``trainer fit`` runs (NeuroTrails on scikit-learn's digits, a few minutes on CPU).
 DEFAULT_EXPERIMENT = "yaml/neurotrails/digits_mlp_neurotrails.yaml"
@@ -106,12 +106,7 @@ class ConfigError(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_config_path(value: str) -> str:
-    """A ``--config`` value as given if it exists, else relative to the project root (``yaml/...``)."""
-    if os.path.exists(value) or os.path.isabs(value):
-        return value
-    candidate = PROJECT_ROOT / value
-    return str(candidate) if candidate.exists() else value
+_resolve_config_path = resolve_config_path  # a --config value, as given or under the project root
 
 
 def _config_args(argv: Sequence[str]) -> Iterator[tuple[int, str]]:
@@ -809,11 +804,25 @@ def prune_command(argv: Sequence[str]) -> Path:
     return out
 
 
+#: Further subcommands, ``name -> "module:function"``; the function takes the arguments after the name
+#: and returns the exit code (2 for bad input, with a one-line message on stderr).
+EXTRA_COMMANDS: dict[str, str] = {
+    "fit-law": "trainer.scaling_law:fit_law_main",  # sparse_scaling.md §2: fit the law to a runs table
+    "predict-law": "trainer.scaling_law:predict_law_main",  # predictions and optimal densities
+    "sweep": "trainer.sweep:sweep_main",  # expand a sweep file into run YAMLs, run them, tabulate
+}
+
+
 def main(args: Sequence[str] | None = None) -> int:
-    """Console entry point: ``trainer <fit|validate|test|predict|check|prune> --config X ...``."""
+    """Console entry point: ``trainer <fit|validate|test|predict|check|prune|fit-law|predict-law|sweep> ...``."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "check":
         return _check_main(argv[1:])
+    if argv and argv[0] in EXTRA_COMMANDS:  # subcommands that do not train, driven by the same YAML
+        import importlib
+
+        module_name, func = EXTRA_COMMANDS[argv[0]].split(":")
+        return int(getattr(importlib.import_module(module_name), func)(argv[1:]))
     if argv and argv[0] == "prune":
         try:
             prune_command(argv[1:])

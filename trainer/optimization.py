@@ -17,7 +17,14 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["WarmupCosineLR", "allow_in_weights_only_checkpoints", "configure_optimization", "split_decay_groups", "warmup_cosine_factor"]
+__all__ = [
+    "WarmupCosineLR",
+    "allow_in_weights_only_checkpoints",
+    "configure_optimization",
+    "fill_total_steps",
+    "split_decay_groups",
+    "warmup_cosine_factor",
+]
 
 
 def allow_in_weights_only_checkpoints(*factories: object) -> None:
@@ -74,6 +81,9 @@ def configure_optimization(
         interval: ``"step"`` or ``"epoch"``, when the scheduler steps.
         lr_multiplier: multiplies the lr of ``lr_scaling_groups`` (dst_core.md §5, density-aware LR).
         lr_scaling_groups: ``"all"`` or ``"sparse_only"``.
+
+    A scheduler built without its length (``WarmupCosineLR(total_steps: null)``) gets it from
+    :func:`fill_total_steps` in the module's ``on_train_start``.
     """
     if interval not in ("step", "epoch"):
         raise ValueError(f"scheduler interval must be 'step' or 'epoch', got {interval!r}")
@@ -89,6 +99,26 @@ def configure_optimization(
     if scheduler is None:
         return opt
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": interval}}
+
+
+def fill_total_steps(trainer: Any) -> None:
+    """Give every scheduler built with ``total_steps: null`` the run's optimizer steps.
+
+    Call it from ``on_train_start``, not ``configure_optimizers``: asking for
+    ``trainer.estimated_stepping_batches`` there builds the training loader before a checkpoint is
+    restored, and Lightning then never restores a resumable loader's state (a mid-epoch resume would
+    repeat the epoch's first batches). A restored scheduler already has its length.
+    """
+    for cfg in getattr(trainer, "lr_scheduler_configs", []):
+        sched = cfg.scheduler
+        if hasattr(sched, "set_total_steps") and sched.total_steps is None:
+            total = trainer.estimated_stepping_batches
+            if not math.isfinite(total) or total < 1:
+                raise ValueError(
+                    f"{type(sched).__name__}: total_steps is null, so it needs the trainer's optimizer steps, but they "
+                    f"are unknown ({total}); set total_steps, max_steps or max_epochs"
+                )
+            sched.set_total_steps(int(total))
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -109,7 +139,9 @@ class WarmupCosineLR(LambdaLR):
 
     Args:
         optimizer: the optimizer (injected by ``LRSchedulerCallable``).
-        total_steps: T, the optimizer steps of the run.
+        total_steps: T, the optimizer steps of the run; ``None`` (default) takes the trainer's
+            (``trainer.estimated_stepping_batches``, filled in by :func:`fill_total_steps` at train start), so a
+            sweep over epochs needs no arithmetic in YAML.
         warmup_fraction: warm-up steps as a fraction of T (SMET: 0.05). Default 0.05.
         min_ratio: the final lr as a fraction of the peak (SMET: 0.1). Default 0.1.
         warmup_steps: explicit warm-up steps, overriding ``warmup_fraction``; ``None`` (default) derives them.
@@ -119,20 +151,40 @@ class WarmupCosineLR(LambdaLR):
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        total_steps: int,
+        total_steps: int | None = None,
         warmup_fraction: float = 0.05,
         min_ratio: float = 0.1,
         warmup_steps: int | None = None,
         last_epoch: int = -1,
     ) -> None:
-        if total_steps < 1:
+        if total_steps is not None and total_steps < 1:
             raise ValueError(f"WarmupCosineLR: total_steps must be positive, got {total_steps}")
         if not 0.0 <= warmup_fraction < 1.0 or not 0.0 <= min_ratio <= 1.0:
             raise ValueError(f"WarmupCosineLR: warmup_fraction in [0, 1) and min_ratio in [0, 1] ({warmup_fraction}, {min_ratio})")
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(round(warmup_fraction * total_steps)) if warmup_steps is None else int(warmup_steps)
+        self.total_steps: int | None = None
+        self.warmup_fraction = float(warmup_fraction)
+        self._warmup_steps_arg = warmup_steps
+        self.warmup_steps = 0
         self.min_ratio = float(min_ratio)
+        if total_steps is not None:
+            self._set_steps(int(total_steps))
         super().__init__(optimizer, self._factor, last_epoch)
 
+    def _set_steps(self, total_steps: int) -> None:
+        self.total_steps = int(total_steps)
+        w = self._warmup_steps_arg
+        self.warmup_steps = int(round(self.warmup_fraction * total_steps)) if w is None else int(w)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Fix T when it was ``None`` at construction (before the first step) and re-apply the step-0 lr."""
+        if self.last_epoch > 0:
+            raise RuntimeError("WarmupCosineLR.set_total_steps: the schedule has already stepped")
+        self._set_steps(total_steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self._factor(0)
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
     def _factor(self, step: int) -> float:
+        if self.total_steps is None:
+            return 1.0  # until set_total_steps (fill_total_steps, before the first step)
         return warmup_cosine_factor(step, self.total_steps, self.warmup_steps, self.min_ratio)

@@ -533,6 +533,15 @@ LLAMA_SHAPES: dict[str, dict[str, Any]] = {
     "llama_350m": {**_GALORE, "hidden_size": 1024, "intermediate_size": 2736, "num_attention_heads": 16, "num_hidden_layers": 24},
     # "1B h2048/L24/ff5461/32" (smet.md §2)
     "llama_1b": {**_GALORE, "hidden_size": 2048, "intermediate_size": 5461, "num_attention_heads": 32, "num_hidden_layers": 24},
+    # Sparse scaling (sparse_scaling.md §3): the labels 20m … 1b92. Only "240m" is stated ("h896/L18",
+    # the authors' configs); the other shapes, and 240m's ff, are ours, chosen so that N by the counting
+    # rule (blocks + one V·h) is close to the label with head dim 64 and ff ≈ 8h/3 (GaLore style).
+    "sdc_20m": {**_GALORE, "hidden_size": 384, "intermediate_size": 1024, "num_attention_heads": 6, "num_hidden_layers": 4},
+    "sdc_83m": {**_GALORE, "hidden_size": 768, "intermediate_size": 2048, "num_attention_heads": 12, "num_hidden_layers": 8},
+    "sdc_240m": {**_GALORE, "hidden_size": 896, "intermediate_size": 3072, "num_attention_heads": 14, "num_hidden_layers": 18},
+    "sdc_480m": {**_GALORE, "hidden_size": 1280, "intermediate_size": 3413, "num_attention_heads": 20, "num_hidden_layers": 22},
+    "sdc_960m": {**_GALORE, "hidden_size": 1536, "intermediate_size": 4096, "num_attention_heads": 24, "num_hidden_layers": 32},
+    "sdc_1b92": {**_GALORE, "hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32, "num_hidden_layers": 36},
 }  # fmt: skip
 
 
