@@ -48,6 +48,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from trainer.callback_state import StatefulCallback
 from trainer.data import run_seed
+from trainer.optimization import planned_optimizer_steps
 from trainer.plots import bar_figure, log_figure
 from trainer.protocols import HasMasks, MaskEntry
 from trainer.sparse.compact import CompactSparseLinear, compact_layers
@@ -110,7 +111,9 @@ class SparseTopology(StatefulCallback):
         warmup_steps: W of P3.
         warmup_mode: ``m_damping`` or ``linear_lr`` (P3).
         skip_step_on_update: skip the optimizer step on update iterations (RigL); needs a masked optimizer.
-        total_steps: T for the schedules; ``None`` takes ``trainer.estimated_stepping_batches``.
+        total_steps: T for the schedules; ``None`` takes the planned run's optimizer steps
+            (``trainer.optimization.planned_optimizer_steps``: the datamodule's, else
+            ``trainer.estimated_stepping_batches``).
         check_consistency: after each update all-gather per-layer (count, Σ flat indices) and raise on
             a mismatch between ranks (a no-op without ``torch.distributed``). Default false.
         log_per_layer: also log ``sparse/density/<layer>``. Default true.
@@ -395,7 +398,7 @@ class SparseTopology(StatefulCallback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Fix T, ΔT and T_end (dst_core §4)."""
         cfg = self.config
-        total = self.total_steps if self.total_steps is not None else trainer.estimated_stepping_batches
+        total = self.total_steps if self.total_steps is not None else planned_optimizer_steps(trainer)
         if not math.isfinite(total) or total <= 0:
             raise ValueError("SparseTopology needs a finite number of optimizer steps: set max_steps or total_steps")
         self._t_total = int(total)

@@ -17,6 +17,7 @@ The helpers live in ``trainer/text.py``; this file only wires them into a ``Ligh
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -546,7 +547,9 @@ class RepeatedTokensDataModule(TextCorpusDataModule):
     ``D = epochs × unique_tokens_used`` is ``total_tokens``; ``token_stats()`` adds ``unique_tokens``,
     ``total_tokens`` and ``epochs`` for logging. ``trainer.max_epochs`` should equal ``epochs`` (the
     YAMLs interpolate ``${data.init_args.epochs}``); a different value is warned about, since D then
-    differs from ``epochs × U``.
+    differs from ``epochs × U``. Schedules without an explicit length (``WarmupCosineLR(total_steps:
+    null)``, ``SparseTopology``) span the planned ``epochs`` passes (``planned_optimizer_steps``), so a
+    run stopped early and resumed follows the same schedule.
 
     Args:
         unique_tokens: U, the unique training tokens (a multiple of ``seq_len`` serves exactly U); no
@@ -630,6 +633,12 @@ class RepeatedTokensDataModule(TextCorpusDataModule):
     def total_tokens(self) -> int:
         """D = epochs × U (the target tokens a full run serves)."""
         return self.epochs * self.unique_tokens_used
+
+    def planned_optimizer_steps(self, trainer: Any) -> int:
+        """Optimizer steps of the planned run, ``epochs`` passes (``trainer.protocols.HasPlannedSteps``):
+        the lr and drop-fraction schedules span D = epochs × U even if ``max_epochs`` stops earlier."""
+        per_epoch = math.ceil(trainer.num_training_batches / max(1, trainer.accumulate_grad_batches))
+        return self.epochs * per_epoch
 
     def token_stats(self) -> dict[str, int]:
         """``TextCorpusDataModule.token_stats`` plus ``unique_tokens`` (U), ``total_tokens`` (D), ``epochs``."""

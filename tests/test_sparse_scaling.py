@@ -8,6 +8,7 @@ reset_step 5 and W 20, the scheduler following the run's length, and sweep expan
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -127,13 +128,19 @@ def test_first_update_after_regrowth_with_reset_step_5(layout):
     assert ks[0] == pytest.approx(0.15664, abs=1e-5)
 
 
-def test_scheduler_without_total_steps_follows_the_run(in_tmp):
+def test_schedules_span_the_planned_epochs(in_tmp):
     cli = TrainerCLI(args=["fit", "--config", str(SMOKE), "--trainer.enable_progress_bar", "false",
                            "--data.init_args.epochs", "3"])  # fmt: skip
     sched = cli.trainer.lr_scheduler_configs[0].scheduler
+    topo = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SparseTopology")
     assert cli.trainer.max_epochs == 3  # ${data.init_args.epochs}
-    assert sched.total_steps == cli.trainer.global_step == 30  # 3 epochs × 10 batches
+    assert sched.total_steps == topo._t_total == cli.trainer.global_step == 30  # 3 epochs × 10 batches
     assert sched.warmup_steps == round(0.05 * 30)
+    # stopped after one of the 3 planned epochs: the same schedule (D = 3 × U), so a resume continues it
+    with pytest.warns(UserWarning, match="max_epochs = 1 but epochs = 3"):
+        short = TrainerCLI(args=["fit", "--config", str(SMOKE), "--trainer.enable_progress_bar", "false",
+                                 "--data.init_args.epochs", "3", "--trainer.max_epochs", "1"])  # fmt: skip
+    assert short.trainer.lr_scheduler_configs[0].scheduler.total_steps == 30 and short.trainer.global_step == 10
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,6 +163,14 @@ def test_tokens_seen_equals_d_and_the_row_is_read_back(in_tmp):
     assert row["unique_tokens"] == 2560 and row["total_tokens"] == 5120 and row["epochs"] == 2
     assert row["loss"] == pytest.approx(float(cli.trainer.callback_metrics["val/loss"]), rel=1e-6)
     assert row["best_val_loss"] <= row["loss"] and row["steps"] == 20
+    # trainer fit-law reads the same runs from TensorBoard (a sparse multi-epoch run: stage 4)
+    law = in_tmp / "law_tb.yaml"
+    law.write_text(yaml.safe_dump({"law": {"tensorboard": str(in_tmp / "runs"), "stages": [4], "grid": "reduced",
+                                           "output": str(in_tmp / "fit")}}))  # fmt: skip
+    assert main(["fit-law", "--config", str(law)]) == 0
+    fitted = json.loads(next((in_tmp / "fit").rglob("coefficients.json")).read_text())
+    assert set(fitted["coefficients"]) >= {"lambda1", "sigma1", "lambda2", "sigma2"}
+    assert [s["stage"] for s in fitted["stages"]] == [4]
 
 
 @pytest.mark.slow

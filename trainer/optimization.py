@@ -22,6 +22,7 @@ __all__ = [
     "allow_in_weights_only_checkpoints",
     "configure_optimization",
     "fill_total_steps",
+    "planned_optimizer_steps",
     "split_decay_groups",
     "warmup_cosine_factor",
 ]
@@ -101,8 +102,21 @@ def configure_optimization(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": interval}}
 
 
+def planned_optimizer_steps(trainer: Any) -> int | float:
+    """T of a run's schedules: the datamodule's planned optimizer steps when it has them
+    (``trainer.protocols.HasPlannedSteps``), else ``trainer.estimated_stepping_batches``. Call it once the
+    training loader exists (``on_train_start``)."""
+    from trainer.protocols import HasPlannedSteps
+
+    dm = getattr(trainer, "datamodule", None)
+    if isinstance(dm, HasPlannedSteps) and not getattr(trainer, "fast_dev_run", False):
+        return dm.planned_optimizer_steps(trainer)
+    return trainer.estimated_stepping_batches
+
+
 def fill_total_steps(trainer: Any) -> None:
-    """Give every scheduler built with ``total_steps: null`` the run's optimizer steps.
+    """Give every scheduler built with ``total_steps: null`` the run's optimizer steps
+    (:func:`planned_optimizer_steps`).
 
     Call it from ``on_train_start``, not ``configure_optimizers``: asking for
     ``trainer.estimated_stepping_batches`` there builds the training loader before a checkpoint is
@@ -112,7 +126,7 @@ def fill_total_steps(trainer: Any) -> None:
     for cfg in getattr(trainer, "lr_scheduler_configs", []):
         sched = cfg.scheduler
         if hasattr(sched, "set_total_steps") and sched.total_steps is None:
-            total = trainer.estimated_stepping_batches
+            total = planned_optimizer_steps(trainer)
             if not math.isfinite(total) or total < 1:
                 raise ValueError(
                     f"{type(sched).__name__}: total_steps is null, so it needs the trainer's optimizer steps, but they "
@@ -139,8 +153,8 @@ class WarmupCosineLR(LambdaLR):
 
     Args:
         optimizer: the optimizer (injected by ``LRSchedulerCallable``).
-        total_steps: T, the optimizer steps of the run; ``None`` (default) takes the trainer's
-            (``trainer.estimated_stepping_batches``, filled in by :func:`fill_total_steps` at train start), so a
+        total_steps: T, the optimizer steps of the run; ``None`` (default) takes the planned run's
+            (:func:`planned_optimizer_steps`, filled in by :func:`fill_total_steps` at train start), so a
             sweep over epochs needs no arithmetic in YAML.
         warmup_fraction: warm-up steps as a fraction of T (SMET: 0.05). Default 0.05.
         min_ratio: the final lr as a fraction of the peak (SMET: 0.1). Default 0.1.

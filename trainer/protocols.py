@@ -9,7 +9,9 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration"]
+__all__ = [
+    "MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration", "HasPlannedSteps",
+]  # fmt: skip
 
 
 class MaskEntry(NamedTuple):
@@ -73,4 +75,15 @@ class HasCalibration(Protocol):
     def calibration_batches(
         self, n_samples: int, seq_len: int | None = None, source: str | None = None, seed: int = 0
     ) -> list[torch.Tensor]:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class HasPlannedSteps(Protocol):
+    """A datamodule that knows how long the run it serves is meant to be (``RepeatedTokensDataModule``: the
+    optimizer steps of ``epochs`` passes over the unique budget), so schedules span the planned run even
+    when a run is stopped early and resumed with another ``max_epochs`` (read by
+    ``trainer.optimization.planned_optimizer_steps``)."""
+
+    def planned_optimizer_steps(self, trainer: object) -> int:  # pragma: no cover - protocol
         ...

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,7 +406,7 @@ def summary_figure(rows: list[dict[str, Any]]) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 
-def _run_point(point: SweepPoint, threads: int, quiet: bool) -> tuple[SweepPoint, int, float]:
+def _run_point(point: SweepPoint, threads: int) -> tuple[SweepPoint, int, float]:
     path = point.write()
     cmd = [sys.executable, "-m", "trainer", "fit", "--config", str(path)]
     if any((v / "checkpoints" / "last.ckpt").is_file() for v in point.run_dir.glob("version_*")):
@@ -433,7 +433,7 @@ def _finish(point: SweepPoint) -> dict[str, Any] | None:
     return row
 
 
-def run_sweep(sweep: Sweep, only: Sequence[str] = (), jobs: int = 1, threads: int = 0, quiet: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+def run_sweep(sweep: Sweep, only: Sequence[str] = (), jobs: int = 1, threads: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the points not yet done (``only``: these names), then tabulate every finished point.
 
     Returns (rows, failed point names); writes ``<out>/results.csv`` and the summary figure.
@@ -452,7 +452,9 @@ def run_sweep(sweep: Sweep, only: Sequence[str] = (), jobs: int = 1, threads: in
     print(f"[sweep] {sweep.path.name}: {len(points)} points, {len(todo)} to run, {jobs} at a time; logs in {sweep.out}",
           file=sys.stderr, flush=True)  # fmt: skip
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for i, (point, rc, secs) in enumerate(pool.map(lambda p: _run_point(p, threads, quiet), todo), 1):
+        futures = [pool.submit(_run_point, p, threads) for p in todo]
+        for i, future in enumerate(as_completed(futures), 1):  # report each point as it finishes
+            point, rc, secs = future.result()
             row = _finish(point) if rc == 0 else None
             status = f"val/loss {row['loss']:.4f}" if row else f"FAILED (exit {rc}; see {sweep.out / (point.name + '.log')})"
             if row is None:
