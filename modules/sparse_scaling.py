@@ -144,8 +144,8 @@ class SparseScalingLlama(SMETLlama):
         for logger in self.loggers:
             logger.log_metrics(self._accounting(), step=self.global_step)
 
-    def _data_counters(self) -> dict[str, float]:
-        seen = float(self.tokens_seen)
+    def _data_counters(self) -> dict[str, torch.Tensor]:
+        seen = self.tokens_seen.double()  # a tensor: no device sync in the training step
         out = {"data/tokens_seen": seen}
         if self._unique_tokens:
             out["data/epoch"] = seen / self._unique_tokens  # passes over the unique budget
@@ -161,7 +161,7 @@ class SparseScalingLlama(SMETLlama):
         """The final counters, whatever ``log_every_n_steps``: the results table reads D from here."""
         if self.trainer.fast_dev_run:
             return
-        final = {**self._accounting(), **self._data_counters()}
+        final = {**self._accounting(), **{k: float(v) for k, v in self._data_counters().items()}}
         for logger in self.loggers:
             logger.log_metrics(final, step=self.global_step)
             logger.save()
