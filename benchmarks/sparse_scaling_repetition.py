@@ -19,7 +19,7 @@ the sparse_dc preset with ΔT 20; validation 8 times per epoch), then prints:
 ``sparse_saturation_delay`` = (epoch of the best validation loss at d = 0.5) − (the same at d = 1) in the
 16-epoch runs: positive means the sparse model keeps improving for longer on the same repeated data.
 
-Run: ``python benchmarks/sparse_scaling_repetition.py [--jobs 2] [--out DIR]`` (about 20 min on 2 cores;
+Run: ``python benchmarks/sparse_scaling_repetition.py [--jobs 2] [--out DIR]`` (28 min on 2 idle cores, plus about 15 min for the control;
 finished points are kept, so a rerun only tabulates). Last line:
 ``RESULT mini_fit_r2=<y> sparse_saturation_delay=<z> ...``.
 """
