@@ -1,5 +1,6 @@
 """Cross-cutting Lightning callbacks; short class names resolve in YAML through ``__all__``."""
 
+from callbacks.drift import ConceptDriftCallback
 from callbacks.global_batch import GlobalBatchSize
 from callbacks.loss_spike_probe import LossSpikeProbe
 from callbacks.rank_consistency import RankConsistencyCheck
@@ -17,4 +18,5 @@ __all__: list[str] = [
     "LossSpikeProbe",
     "GlobalBatchSize",
     "SparseDeltaEvolution",
+    "ConceptDriftCallback",
 ]

@@ -3,6 +3,7 @@
 from datamodules.digits import DigitsDataModule
 from datamodules.images import ImageClassificationDataModule
 from datamodules.instruction import InstructionDataModule
+from datamodules.streams import ContextTableStreamDataModule, RecurringConceptStreamDataModule, TableStreamDataModule
 from datamodules.text import RepeatedTokensDataModule, TextCorpusDataModule
 
-__all__: list[str] = ["DigitsDataModule", "ImageClassificationDataModule", "InstructionDataModule", "RepeatedTokensDataModule", "TextCorpusDataModule"]
+__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "ImageClassificationDataModule", "InstructionDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule"]

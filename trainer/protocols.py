@@ -11,6 +11,7 @@ import torch
 
 __all__ = [
     "MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration", "HasPlannedSteps",
+    "ConceptStore",
 ]  # fmt: skip
 
 
@@ -86,4 +87,51 @@ class HasPlannedSteps(Protocol):
     ``trainer.optimization.planned_optimizer_steps``)."""
 
     def planned_optimizer_steps(self, trainer: object) -> int:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class ConceptStore(Protocol):
+    """A streaming module holding a repository of concept states, one classifier each (ficsum.md §2).
+
+    The drift callback (``ConceptDriftCallback``) installs a drift engine with ``set_drift_engine``; the
+    module then calls ``engine.observe(store, x, y, y_hat, concept, index)`` after predicting each
+    observation (test-then-train), and the engine decides what is learned, when the active state
+    changes and which state it becomes. Without an engine the module learns every observation at once.
+
+    ``X`` are float arrays ``(n, d)`` in the stream's feature order; labels are ints ``0..C-1``;
+    ``proba_with`` returns ``(n, C)`` probabilities over ``classes``.
+    """
+
+    active_id: int
+    classes: tuple[int, ...]
+
+    def state_ids(self) -> list[int]:  # pragma: no cover - protocol
+        ...
+
+    def predict_with(self, state_id: int, X: object) -> object:  # pragma: no cover - protocol
+        ...
+
+    def proba_with(self, state_id: int, X: object) -> object:  # pragma: no cover - protocol
+        ...
+
+    def learn(self, X: object, y: object, w: float | None = None) -> bool:  # pragma: no cover - protocol
+        """Train the active state's classifier; True if its structure changed (a tree split)."""
+        ...
+
+    def train_model(self, X: object, y: object, w: float | None = None) -> object:  # pragma: no cover
+        """A fresh classifier trained on ``X, y`` (the shadow model of re-identification)."""
+        ...
+
+    def new_state(self, from_model: object | None = None) -> int:  # pragma: no cover - protocol
+        """Add a state (a fresh classifier, or ``from_model``), make it active and return its id."""
+        ...
+
+    def switch(self, state_id: int) -> None:  # pragma: no cover - protocol
+        ...
+
+    def state_n_seen(self, state_id: int) -> int:  # pragma: no cover - protocol
+        ...
+
+    def set_drift_engine(self, engine: object | None) -> None:  # pragma: no cover - protocol
         ...

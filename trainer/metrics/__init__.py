@@ -1,7 +1,8 @@
 """Metrics that aggregate over data (``torchmetrics.Metric`` subclasses, DDP-correct).
 
 Ensemble metrics (NeuroTrails and any multi-head or multi-model run) live in
-:mod:`trainer.metrics.ensemble`.
+:mod:`trainer.metrics.ensemble`; data-stream metrics (prequential accuracy, the κ family, C-F1 and
+drift-detection statistics, FiCSUM and any concept-drift run) in :mod:`trainer.metrics.stream`.
 """
 
 from trainer.metrics.ensemble import (
@@ -13,13 +14,51 @@ from trainer.metrics.ensemble import (
     offdiagonal_mean,
     pairwise_disagreement_matrix,
 )
+from trainer.metrics.stream import (
+    ConceptF1,
+    DriftDetections,
+    PrequentialAccuracy,
+    StreamKappa,
+    chance_corrected,
+    cohen_kappa,
+    concept_contingency,
+    concept_f1,
+    detection_stats,
+    drift_window_accuracy,
+    forward_fill,
+    kappa_from_confusion,
+    kappa_m,
+    kappa_m_from_confusion,
+    kappa_t,
+    kappa_t_from_counts,
+    label_confusion,
+    model_f1,
+)
 
 __all__ = [
+    "ConceptF1",
+    "DriftDetections",
     "EnsembleDisagreement",
     "ExpectedCalibrationError",
     "NegativeLogLikelihood",
+    "PrequentialAccuracy",
+    "StreamKappa",
     "calibration_bins",
+    "chance_corrected",
+    "cohen_kappa",
+    "concept_contingency",
+    "concept_f1",
+    "detection_stats",
     "disagreement_code_variant",
+    "drift_window_accuracy",
+    "forward_fill",
+    "kappa_from_confusion",
+    "kappa_m",
+    "kappa_m_from_confusion",
+    "kappa_t",
+    "kappa_t_from_counts",
+    "label_confusion",
+    "model_f1",
     "offdiagonal_mean",
     "pairwise_disagreement_matrix",
 ]
