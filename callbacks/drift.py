@@ -221,7 +221,7 @@ class ConceptDriftCallback(StatefulCallback):
         if e.config.uses_fingerprints:
             log_figure(trainer, "drift/weights", weights_figure(e.weights, e.layout.sources, e.layout.features))
             log_figure(trainer, "drift/similarity", similarity_figure(e.state_sims, e.sims))
-        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective call: every rank asks
+        log_dir = trainer.log_dir if trainer.loggers else None  # a collective call: every rank asks
         if trainer.is_global_zero:
             from lightning.pytorch.loggers import TensorBoardLogger
 
