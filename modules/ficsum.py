@@ -126,7 +126,6 @@ class FiCSUMStreamModule(LightningModule):
         self._log_loss_sum = 0.0
         self.accuracy = PrequentialAccuracy()
         self.kappa: StreamKappa | None = None
-        self._pending_extra: dict[str, Any] | None = None
 
     @classmethod
     def unit_test_params(cls) -> dict[str, Any]:
@@ -140,10 +139,7 @@ class FiCSUMStreamModule(LightningModule):
         self.feature_names = tuple(feature_names)
         self.classes = tuple(range(int(n_classes)))
         self.kappa = StreamKappa(len(self.classes))
-        if self._pending_extra is not None:
-            self._restore(self._pending_extra)
-            self._pending_extra = None
-        elif not self.models:
+        if not self.models:
             self.new_state()
 
     def setup(self, stage: str) -> None:
