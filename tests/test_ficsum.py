@@ -254,3 +254,42 @@ def test_context_files_glob_expands_in_order(tmp_path):
     assert X.shape == (12, 2) and sorted(set(concept.tolist())) == [0, 1] and dm.context_names == ("c0", "c1")
     with pytest.raises(FileNotFoundError, match="no context file matches"):
         ContextTableStreamDataModule(source="csv", context_files=(str(tmp_path / "none" / "*.csv"),)).stream()
+
+
+@pytest.mark.parametrize("leaf_prediction", ["nba", "nb", "mc"])
+def test_batched_hoeffding_prediction_equals_river_row_by_row(leaf_prediction):
+    """The whole-window Hoeffding-tree predictor (used by FI and the non-active updates) gives river's
+    ``predict_proba_one`` numbers on every row, for each leaf type, including a leaf-only tree."""
+    from river.tree import HoeffdingTreeClassifier
+
+    from trainer.drift import learners as L
+
+    rng = np.random.default_rng(0)
+    names = [f"x{i}" for i in range(6)]
+    X = rng.normal(size=(3000, 6))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int) + (X[:, 3] > 1)
+    Q = rng.normal(size=(400, 6)) * 1.5
+    for n_train in (30, 3000):  # a single leaf, then a grown tree
+        m = HoeffdingTreeClassifier(**{**L.HOEFFDING_TREE_DEFAULTS, "leaf_prediction": leaf_prediction, "grace_period": 50})
+        for x, t in zip(L._rows(X[:n_train], names), y[:n_train]):
+            m.learn_one(x, int(t), w=6.0)
+        assert L._ht_batch_plan(m) is not None
+        rows = np.array([[m.predict_proba_one(x).get(c, 0.0) for c in (0, 1, 2, 3)] for x in L._rows(Q, names)])
+        batch = L.predict_proba_rows(m, Q, names, [0, 1, 2, 3])
+        np.testing.assert_allclose(batch, rows, rtol=0, atol=1e-12)
+    assert m.n_nodes > 5, "the grown tree should have split"
+
+
+def test_batched_prediction_falls_back_for_other_learners():
+    from river.naive_bayes import GaussianNB
+    from river.tree import HoeffdingTreeClassifier
+
+    from trainer.drift import learners as L
+
+    assert L._ht_batch_plan(HoeffdingTreeClassifier()) is None  # nothing learnt yet: river's own answer
+    nb = GaussianNB()
+    nb.learn_one({"a": 0.0}, 0)
+    nb.learn_one({"a": 2.0}, 1)
+    assert L._ht_batch_plan(nb) is None
+    p = L.predict_proba_rows(nb, np.array([[0.1], [1.9]]), ["a"], [0, 1])
+    assert p[0, 0] > 0.5 and p[1, 1] > 0.5

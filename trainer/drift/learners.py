@@ -9,6 +9,7 @@ leaf_prediction "nba"); any other river classifier is named by its dotted class 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -133,9 +134,121 @@ def _rows(X: np.ndarray, feature_names: Sequence[str]) -> list[dict[str, float]]
     return [dict(zip(feature_names, row)) for row in np.asarray(X, dtype=np.float64).tolist()]
 
 
+_HALF_LOG_TAU = 0.5 * math.log(math.tau)
+
+
+def _ht_batch_plan(model: Any) -> Any:
+    """The root of a river ``HoeffdingTreeClassifier`` whose every node the batch predictor below reproduces
+    (numeric binary branches; majority-class, naive-Bayes or adaptive leaves; Gaussian splitters), else None."""
+    from river.tree.hoeffding_tree_classifier import HoeffdingTreeClassifier
+    from river.tree.nodes.branch import NumericBinaryBranch
+    from river.tree.nodes.htc_nodes import LeafMajorityClass, LeafNaiveBayes, LeafNaiveBayesAdaptive
+    from river.tree.splitter.gaussian_splitter import GaussianSplitter
+
+    if type(model) is not HoeffdingTreeClassifier or model._root is None:
+        return None
+    stack = [model._root]
+    while stack:
+        node = stack.pop()
+        if type(node) is NumericBinaryBranch:
+            stack.extend(node.children)
+        elif type(node) in (LeafMajorityClass, LeafNaiveBayes, LeafNaiveBayesAdaptive):
+            if node.splitters and any(type(s) is not GaussianSplitter for s in node.splitters.values()):
+                return None
+        else:
+            return None
+    return model._root
+
+
+def _tree_features(root: Any) -> set[str]:
+    """Features a tree's branches test (a row lacking one would take river's most-common path instead)."""
+    out, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if hasattr(node, "feature") and hasattr(node, "children"):
+            out.add(node.feature)
+            stack.extend(node.children)
+    return out
+
+
+def _leaf_proba(leaf: Any, tree: Any, X: np.ndarray, col: Mapping[str, int], classes: Sequence[int]) -> np.ndarray:
+    """River's ``leaf.prediction`` for every row of ``X`` at once, term for term (same order of sums)."""
+    from river.tree.nodes.htc_nodes import LeafNaiveBayes, LeafNaiveBayesAdaptive
+
+    out = np.zeros((len(X), len(classes)))
+    cidx = {c: j for j, c in enumerate(classes)}
+    stats = leaf.stats
+    use_nb = False
+    if leaf.is_active():
+        if type(leaf) is LeafNaiveBayesAdaptive:
+            use_nb = leaf._nb_correct_weight >= leaf._mc_correct_weight
+        elif type(leaf) is LeafNaiveBayes:
+            use_nb = leaf.total_weight >= tree.nb_threshold
+    total = sum(stats.values())
+    if not use_nb:  # majority class: normalize_values_in_dict(stats)
+        for c, v in stats.items():
+            j = cidx.get(int(c))
+            if j is not None:
+                out[:, j] = v / total if total else v
+        return out
+    if not stats or total == 0:  # river's naive Bayes returns {}: every class keeps probability 0
+        return out
+    labels = list(stats)
+    d = X.shape[1]
+    prior = np.zeros(len(labels))
+    mu, variance, valid = np.zeros((len(labels), d)), np.ones((len(labels), d)), np.zeros((len(labels), d), bool)
+    for k, c in enumerate(labels):
+        if stats[c] <= 0:  # river gives such a class the vote 0.0 and no likelihood terms
+            continue
+        prior[k] = math.log(stats[c] / total)
+        for att, splitter in leaf.splitters.items():
+            g = splitter._att_dist_per_class.get(c) if att in col else None
+            if g is None:
+                continue
+            var = g._var
+            if var.mean.n > var.ddof and var._S / (var.mean.n - var.ddof) > 0.0:  # else log_pdf = -inf: skipped
+                m = col[att]
+                mu[k, m], variance[k, m], valid[k, m] = var.mean._mean, var._S / (var.mean.n - var.ddof), True
+    # Gaussian.log_pdf per (row, class, feature), summed over features: the naive-Bayes vote
+    terms = (X[:, None, :] - mu) ** 2 / (-2.0 * variance) - _HALF_LOG_TAU - 0.5 * np.log(variance)
+    votes = prior + np.where(valid, terms, 0.0).sum(axis=2)
+    max_ll = votes.max(axis=1, keepdims=True)
+    proba = np.exp(votes - (max_ll + np.log(np.exp(votes - max_ll).sum(axis=1, keepdims=True))))
+    for k, c in enumerate(labels):
+        j = cidx.get(int(c))
+        if j is not None:
+            out[:, j] = proba[:, k]
+    return out
+
+
+def _ht_predict_proba_batch(root: Any, tree: Any, X: np.ndarray, feature_names: Sequence[str], classes: Sequence[int]) -> np.ndarray:
+    """All rows routed down the tree together (``x[f] <= threshold`` goes left), then each leaf's
+    probabilities computed on its rows as arrays: the same numbers as ``predict_proba_one`` row by row
+    (to rounding), about 20 times faster on a window."""
+    col = {f: j for j, f in enumerate(feature_names)}
+    out = np.zeros((len(X), len(classes)))
+    stack = [(root, np.arange(len(X)))]
+    while stack:
+        node, idx = stack.pop()
+        if idx.size == 0:
+            continue
+        if node.__class__.__name__ == "NumericBinaryBranch":
+            left = X[idx, col[node.feature]] <= node.threshold
+            stack.append((node.children[0], idx[left]))
+            stack.append((node.children[1], idx[~left]))
+        else:
+            out[idx] = _leaf_proba(node, tree, X[idx], col, classes)
+    return out
+
+
 def predict_proba_rows(model: Any, X: np.ndarray, feature_names: Sequence[str], classes: Sequence[int]) -> np.ndarray:
     """``(n, C)`` probabilities of ``model`` on the rows of ``X`` (classes it has not seen get 0; a model
-    that has seen nothing gives uniform probabilities)."""
+    that has seen nothing gives uniform probabilities). A river Hoeffding tree made of the node types it
+    grows on numeric features is evaluated on the whole batch at once (``_ht_predict_proba_batch``)."""
+    X = np.asarray(X, dtype=np.float64)
+    root = _ht_batch_plan(model)
+    if root is not None and len(X) and set(feature_names) >= set(_tree_features(root)):
+        return _ht_predict_proba_batch(root, model, X, feature_names, classes)
     out = np.zeros((len(X), len(classes)))
     col = {c: j for j, c in enumerate(classes)}
     for i, x in enumerate(_rows(X, feature_names)):
