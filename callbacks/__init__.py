@@ -2,12 +2,14 @@
 
 from callbacks.drift import ConceptDriftCallback
 from callbacks.global_batch import GlobalBatchSize
+from callbacks.heatmap import NavigationHeatmapCallback
 from callbacks.loss_spike_probe import LossSpikeProbe
 from callbacks.rank_consistency import RankConsistencyCheck
 from callbacks.regrowth_warmup import RegrowthWarmup
 from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
 from callbacks.sparse_delta import SparseDeltaEvolution
 from callbacks.sparse_topology import SparseTopology
+from callbacks.video import EpisodeVideoCallback
 
 __all__: list[str] = [
     "NonFiniteLossGuard",
@@ -19,4 +21,6 @@ __all__: list[str] = [
     "GlobalBatchSize",
     "SparseDeltaEvolution",
     "ConceptDriftCallback",
+    "NavigationHeatmapCallback",
+    "EpisodeVideoCallback",
 ]

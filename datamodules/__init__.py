@@ -3,7 +3,9 @@
 from datamodules.digits import DigitsDataModule
 from datamodules.images import ImageClassificationDataModule
 from datamodules.instruction import InstructionDataModule
+from datamodules.safety_grid import LavaGridDataModule
 from datamodules.streams import ContextTableStreamDataModule, RecurringConceptStreamDataModule, TableStreamDataModule
+from datamodules.vizdoom import HasardDataModule
 from datamodules.text import RepeatedTokensDataModule, TextCorpusDataModule
 
-__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "ImageClassificationDataModule", "InstructionDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule"]
+__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule"]

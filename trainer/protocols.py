@@ -11,7 +11,7 @@ import torch
 
 __all__ = [
     "MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration", "HasPlannedSteps",
-    "ConceptStore",
+    "ConceptStore", "ActorCritic", "HasRolloutEpisodes",
 ]  # fmt: skip
 
 
@@ -134,4 +134,34 @@ class ConceptStore(Protocol):
         ...
 
     def set_drift_engine(self, engine: object | None) -> None:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class ActorCritic(Protocol):
+    """An on-policy module a ``RolloutDataModule`` collects experience with (rl_core.md §2).
+
+    ``act(obs, generator)`` samples actions with the given ``torch.Generator`` and returns a dict with
+    ``action`` (``[N, H]`` long, one column per discrete head), ``logp`` ``[N]`` (summed over heads),
+    ``value`` and ``cost_value`` ``[N]``; ``values(obs)`` returns ``(value, cost_value)`` (the cost
+    value is zeros for a module without a cost critic). ``obs`` is the stacked env observation tensor.
+    """
+
+    def act(self, obs: object, generator: object) -> dict:  # pragma: no cover - protocol
+        ...
+
+    def values(self, obs: object) -> tuple:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class HasRolloutEpisodes(Protocol):
+    """A datamodule exposing the episodes finished in its last rollout (dicts with ``return``, ``cost``,
+    ``length``, scenario extras and, for navigation envs, ``positions`` ``[L, 2]``) for callbacks such as
+    ``NavigationHeatmapCallback``."""
+
+    episodes: list
+
+    def make_eval_env(self, seed: int) -> object:  # pragma: no cover - protocol
+        """A fresh single env (``render()`` gives RGB frames) for evaluation episodes and videos."""
         ...

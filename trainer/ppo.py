@@ -1,0 +1,302 @@
+"""PPO inside Lightning: the policy network and :class:`PPOBase` (rl_core.md §1, §7, §9).
+
+:class:`PPOBase` is the LightningModule that paper modules subclass. It implements the
+:class:`trainer.protocols.ActorCritic` protocol a :class:`trainer.rollout.RolloutDataModule` collects
+with, assembles the loss of rl_core.md §7 from :mod:`trainer.rl` (clipped surrogate, clipped value
+loss for the reward and the cost critic, entropy bonus, Sample Factory's symmetric-KL exploration
+loss), normalises advantages over the configured scope, stops a rollout's updates early on KL, and logs
+``train/*``, ``rollout/*`` and ``env/*``. Subclasses change the advantage (``policy_advantages``) and
+add loss terms (``extra_loss``).
+
+:class:`PolicyNet`: a shared encoder (``mlp``: two tanh layers; ``convnet_simple``: Sample Factory's
+conv(32, 8×8, s4) → conv(64, 4×4, s2) → conv(128, 3×3, s2), ELU, FC; uint8 frames are scaled by 1/255)
+with one logit block per discrete action head, a value head and a cost-value head, orthogonally
+initialised (policy gain 0.01, values 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+
+from trainer import rl
+
+__all__ = ["PPOAdam", "PPOBase", "PolicyNet"]
+
+ENCODERS = ("mlp", "convnet_simple")
+ADV_NORM_SCOPES = ("minibatch", "global", "none")
+
+
+class PPOAdam(torch.optim.Adam):
+    """Adam with PPO's defaults: lr 2.5e-4, eps 1e-5 (rl_core.md §7 table: CleanRL, MEAL)."""
+
+    def __init__(self, params: Any, lr: float = 2.5e-4, eps: float = 1e-5, **kwargs: Any) -> None:
+        super().__init__(params, lr=lr, eps=eps, **kwargs)
+
+
+def _ortho(layer: nn.Module, gain: float) -> nn.Module:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class PolicyNet(nn.Module):
+    """Shared encoder → per-head logits, value and cost value.
+
+    Args:
+        obs_shape: one observation's shape (``(d,)`` for ``mlp``; ``(C, H, W)`` for ``convnet_simple``).
+        action_heads: options per discrete head.
+        encoder: ``mlp`` or ``convnet_simple``.
+        hidden: width of the MLP layers / of the conv encoder's FC layer.
+    """
+
+    def __init__(self, obs_shape: Sequence[int], action_heads: Sequence[int], encoder: str = "mlp", hidden: int = 64):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+        self.action_heads = tuple(int(h) for h in action_heads)
+        obs_shape = tuple(int(s) for s in obs_shape)
+        if encoder == "mlp":
+            self.encoder = nn.Sequential(
+                nn.Flatten(), _ortho(nn.Linear(int(np.prod(obs_shape)), hidden), math.sqrt(2)), nn.Tanh(),
+                _ortho(nn.Linear(hidden, hidden), math.sqrt(2)), nn.Tanh(),
+            )  # fmt: skip
+        else:
+            if len(obs_shape) != 3:
+                raise ValueError(f"convnet_simple needs (C, H, W) observations, got shape {obs_shape}")
+            conv = nn.Sequential(
+                nn.Conv2d(obs_shape[0], 32, 8, stride=4), nn.ELU(),
+                nn.Conv2d(32, 64, 4, stride=2), nn.ELU(),
+                nn.Conv2d(64, 128, 3, stride=2), nn.ELU(), nn.Flatten(),
+            )  # fmt: skip  # HASARD §3.4 "convnet_simple"
+            with torch.no_grad():
+                n_flat = conv(torch.zeros(1, *obs_shape)).shape[1]
+            self.encoder = nn.Sequential(conv, nn.Linear(n_flat, hidden), nn.ELU())
+        self.policy = _ortho(nn.Linear(hidden, sum(self.action_heads)), 0.01)
+        self.value = _ortho(nn.Linear(hidden, 1), 1.0)
+        self.cost_value = _ortho(nn.Linear(hidden, 1), 1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+        h = self.encoder(x)
+        logits = list(torch.split(self.policy(h), self.action_heads, dim=-1))
+        return logits, self.value(h).squeeze(-1), self.cost_value(h).squeeze(-1)
+
+
+class PPOBase(pl.LightningModule):
+    """PPO (Schulman et al. 2017) as a LightningModule over a ``RolloutDataModule`` (rl_core.md §7).
+
+    ``obs_shape``/``action_heads`` left ``None`` are read from the datamodule in ``setup`` and recorded
+    in the hyperparameters, so a checkpoint rebuilds the same network.
+
+    Args:
+        obs_shape: observation shape; None = from the datamodule.
+        action_heads: options per discrete action head; None = from the datamodule.
+        encoder: ``mlp`` or ``convnet_simple``.
+        hidden: encoder width.
+        clip_eps: PPO clip ε (0.2, CleanRL).
+        clip_mode: ``standard`` [1−ε, 1+ε], ``unbiased`` [1/(1+ε), 1+ε] (Sample Factory) or ``asymmetric``.
+        clip_eps_low: lower ε of ``asymmetric`` (None = clip_eps).
+        clip_eps_high: upper ε of ``asymmetric`` (None = clip_eps).
+        value_clip: ε_v of the clipped value loss; None = unclipped (CleanRL: on, = clip ε).
+        vf_coef: c_v (0.5).
+        ent_coef: entropy bonus c_ent (0.01).
+        exploration_coef: symmetric-KL-to-uniform loss coefficient c_x (0; HASARD 0.001).
+        adv_norm: advantage normalisation scope: ``minibatch`` (default, CleanRL), ``global`` (mean and std
+            all-reduced over the ranks' minibatches) or ``none``.
+        target_kl: stop a rollout's updates when approx KL exceeds 1.5·target_kl; None = never.
+        anneal_lr: linear LR decay to 0 over ``datamodule.total_updates`` (CleanRL: on).
+        optimizer: the optimizer factory (default :class:`PPOAdam`: lr 2.5e-4, eps 1e-5).
+    """
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...] | None = None,
+        action_heads: tuple[int, ...] | None = None,
+        encoder: str = "mlp",
+        hidden: int = 64,
+        clip_eps: float = 0.2,
+        clip_mode: str = "standard",
+        clip_eps_low: float | None = None,
+        clip_eps_high: float | None = None,
+        value_clip: float | None = 0.2,
+        vf_coef: float = 0.5,
+        ent_coef: float = 0.01,
+        exploration_coef: float = 0.0,
+        adv_norm: str = "minibatch",
+        target_kl: float | None = None,
+        anneal_lr: bool = True,
+        optimizer: OptimizerCallable = PPOAdam,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+        if adv_norm not in ADV_NORM_SCOPES:
+            raise ValueError(f"adv_norm must be one of {ADV_NORM_SCOPES}, got {adv_norm!r}")
+        self.clip_lo, self.clip_hi = rl.clip_bounds(clip_eps, clip_mode, clip_eps_low, clip_eps_high)
+        self.optimizer_factory = optimizer
+        self.net: PolicyNet | None = None
+        self.stop_updates = False
+        self._rollout_adv_stats: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        if obs_shape is not None and action_heads is not None:
+            self._build(obs_shape, action_heads)
+
+    # ---------------------------------------------------------------- network
+    def _build(self, obs_shape: Sequence[int], action_heads: Sequence[int]) -> None:
+        self.net = PolicyNet(obs_shape, action_heads, self.hparams.encoder, self.hparams.hidden)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "action_heads"):
+            if self.net is None:
+                raise ValueError(f"{type(self).__name__} needs obs_shape and action_heads, or a RolloutDataModule")
+            return
+        shape, heads = tuple(dm.observation_shape), tuple(dm.action_heads)
+        if self.net is None:
+            self.hparams.obs_shape, self.hparams.action_heads = shape, heads
+            self._build(shape, heads)
+        elif (tuple(self.hparams.obs_shape), tuple(self.hparams.action_heads)) != (shape, heads):
+            raise ValueError(
+                f"{type(self).__name__} was built for observations {tuple(self.hparams.obs_shape)} and action heads "
+                f"{tuple(self.hparams.action_heads)}, but the datamodule gives {shape} and {heads}: "
+                f"set model.obs_shape={list(shape)} and model.action_heads={list(heads)} (or leave both null)"
+            )
+
+    def forward(self, obs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        return self.net(obs)
+
+    # ---------------------------------------------------------------- ActorCritic protocol
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        logits, value, cost_value = self.net(obs)
+        actions = []
+        for lg in logits:  # sampled on CPU so one CPU generator serves every device
+            probs = torch.softmax(lg.float(), dim=-1).cpu()
+            actions.append(torch.multinomial(probs, 1, generator=generator).squeeze(-1))
+        action = torch.stack(actions, dim=-1)
+        logp = rl.log_prob_heads([lg.float().cpu() for lg in logits], action)
+        return {"action": action, "logp": logp, "value": value.float(), "cost_value": cost_value.float()}
+
+    @torch.no_grad()
+    def values(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, value, cost_value = self.net(obs)
+        return value.float(), cost_value.float()
+
+    # ---------------------------------------------------------------- hooks for subclasses
+    def shape_reward(self, reward: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+        """The reward GAE sees, from the env's reward and cost at collection time (identity here)."""
+        return reward
+
+    def policy_advantages(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The advantage the surrogate maximises (PPO: the reward advantage)."""
+        return batch["advantages"]
+
+    def extra_loss(self, batch: dict[str, torch.Tensor], logp: torch.Tensor) -> torch.Tensor | None:
+        """An additional loss term (P3O's penalty); None = nothing."""
+        return None
+
+    # ---------------------------------------------------------------- update
+    def _world_size(self) -> int:
+        return int(self._trainer.world_size) if self._trainer is not None else 1
+
+    def _normalise(self, adv: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        scope = self.hparams.adv_norm
+        if scope == "none":
+            return adv
+        if scope == "minibatch":
+            return rl.normalize_advantages(adv)
+        reduce = None
+        if self._world_size() > 1:
+            reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        return rl.normalize_advantages(adv, stats=rl.global_advantage_stats(adv, reduce))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        logits, value, cost_value = self.net(batch["obs"])
+        logp = rl.log_prob_heads(logits, batch["actions"])
+        adv = self._normalise(self.policy_advantages(batch, batch_idx), batch)
+        policy_loss = rl.clipped_surrogate(logp, batch["logp"], adv, self.clip_lo, self.clip_hi)  # rl_core.md §7
+        v_old = batch["values"] if hp.value_clip is not None else None
+        c_old = batch["cost_values"] if hp.value_clip is not None else None
+        value_loss = rl.value_loss(value, batch["returns"], v_old, hp.value_clip)
+        cost_value_loss = rl.value_loss(cost_value, batch["cost_returns"], c_old, hp.value_clip)
+        entropy = rl.categorical_entropy(logits).mean()
+        loss = policy_loss + hp.vf_coef * (value_loss + cost_value_loss) - hp.ent_coef * entropy
+        if hp.exploration_coef:
+            loss = loss + hp.exploration_coef * rl.symmetric_kl_to_uniform(logits).mean()  # HASARD §3.4
+        extra = self.extra_loss(batch, logp)
+        if extra is not None:
+            loss = loss + extra
+        with torch.no_grad():
+            kl = rl.approx_kl(logp, batch["logp"])
+            self._maybe_stop(kl)
+            raw = batch["advantages"]
+            self.log_dict({
+                "train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
+                "train/value_loss": value_loss.detach(), "train/cost_value_loss": cost_value_loss.detach(),
+                "train/entropy": entropy.detach(), "train/approx_kl": kl,
+                "train/clipfrac": rl.clip_fraction(logp, batch["logp"], self.clip_lo, self.clip_hi),
+                "train/explained_variance": rl.explained_variance(batch["values"], batch["returns"]),
+                "train/adv_mean": raw.mean(), "train/adv_std": raw.std() if raw.numel() > 1 else raw.new_zeros(()),
+            }, on_step=True, on_epoch=False, batch_size=batch["obs"].shape[0])  # fmt: skip
+        return loss
+
+    def _maybe_stop(self, kl: torch.Tensor) -> None:
+        if self.hparams.target_kl is None:
+            return
+        flag = (kl > 1.5 * self.hparams.target_kl).float()
+        if self._world_size() > 1:  # every rank stops at the same minibatch
+            flag = self.trainer.strategy.reduce(flag, reduce_op="max")
+        self.stop_updates = bool(flag > 0)
+
+    # ---------------------------------------------------------------- epoch end: rollout metrics
+    #: episode statistics averaged into ``rollout/ep_<key>`` (subclasses add scenario extras)
+    episode_keys: tuple[str, ...] = ("return", "length", "cost")
+
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self._world_size() > 1:
+            return self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum").cpu()
+        return t
+
+    def episode_means(self, episodes: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
+        """Means over the episodes all ranks finished in the last rollout (every rank gets the same
+        numbers; a key no episode carries is left out)."""
+        sums = torch.tensor([[float(e[k]) if k in e else 0.0 for k in keys] for e in episodes] or [[0.0] * len(keys)])
+        counts = torch.tensor([[1.0 if k in e else 0.0 for k in keys] for e in episodes] or [[0.0] * len(keys)])
+        tot = self._reduce_sum(torch.stack([sums.sum(0), counts.sum(0)]).double())
+        return {k: float(tot[0, j] / tot[1, j]) for j, k in enumerate(keys) if tot[1, j] > 0}
+
+    def on_train_epoch_end(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "rollout_stats"):
+            return
+        st = dm.rollout_stats
+        env = self._reduce_sum(torch.tensor([st["steps_per_sec"], st["restarts"]], dtype=torch.float64))
+        metrics = {"env/steps": st["env_steps"], "env/steps_per_sec": float(env[0]), "env/restarts": float(env[1])}
+        metrics.update({f"rollout/ep_{k}": v for k, v in self.episode_means(dm.episodes, self.episode_keys).items()})
+        metrics.update(self.rollout_metrics(dm))
+        for k, v in metrics.items():  # identical on every rank already: no sync needed
+            self.log(k, float(v), on_step=False, on_epoch=True)
+        if dm.budget_reached():
+            self.trainer.should_stop = True
+
+    def rollout_metrics(self, dm: Any) -> dict[str, float]:
+        """Extra per-rollout scalars of a subclass (identical on every rank)."""
+        return {}
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(self.parameters())
+        if not self.hparams.anneal_lr:
+            return opt
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        total = max(1, int(getattr(dm, "total_updates", 1)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))  # CleanRL anneal
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
