@@ -249,6 +249,8 @@ class SafePPO(PPOBase):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
+        if not self._log_this_step():
+            return loss
         self.log_dict({"lagrange/lambda": float(self.lagrange_lambda)}, on_step=True, on_epoch=False, batch_size=1)
         if self.hparams.algo == "ppo_pid":
             i, p, d = (float(x) for x in self.pid_terms)

@@ -385,6 +385,8 @@ class SubprocVecEnv:
         self._workers: list[_Worker | None] = [None] * self.num_envs
         self._consecutive = [0] * self.num_envs
         self._broken: dict[int, str] = {}  # envs whose worker is known dead / out of sync, restarted next step
+        self._pending: dict[int, str | None] = {}  # envs sent a step (failure reason if the send failed)
+        self._deadline = 0.0
         self._last_obs: list[Any] = [None] * self.num_envs
         self._has_reset = False
         self._closed = False
@@ -432,25 +434,49 @@ class SubprocVecEnv:
         Args:
             actions: one picklable action per env, indexed by env (an array ``[N, ...]``, a list, ...).
         """
+        if len(actions) != self.num_envs:
+            raise ValueError(f"SubprocVecEnv.step: {len(actions)} actions for {self.num_envs} envs")
+        envs = range(self.num_envs)
+        self.step_async(actions, envs)
+        return self.step_wait(envs)
+
+    def step_async(self, actions: Any, envs: Sequence[int]) -> None:
+        """Send ``actions[i]`` to env ``envs[i]`` and return at once; :meth:`step_wait` collects the results
+        (so a learner can compute one group's actions while another group's games step)."""
         self._check_open()
         if not self._has_reset:
             raise RuntimeError("SubprocVecEnv.step: call reset() first")
-        if len(actions) != self.num_envs:
-            raise ValueError(f"SubprocVecEnv.step: {len(actions)} actions for {self.num_envs} envs")
-        failures, self._broken = dict(self._broken), {}
-        for k in range(self.num_envs):  # send every action first ...
-            if k not in failures:
-                try:
-                    self._workers[k].send("step", actions[k])
-                except _WorkerFailure as failure:
-                    failures[k] = failure.reason
-        deadline = time.monotonic() + self.step_timeout_s
+        envs = [int(k) for k in envs]
+        if len(actions) != len(envs):
+            raise ValueError(f"SubprocVecEnv.step_async: {len(actions)} actions for {len(envs)} envs")
+        for i, k in enumerate(envs):
+            if k in self._pending:
+                raise RuntimeError(f"SubprocVecEnv.step_async: env {k} is already stepping")
+            self._pending[k] = None
+            if k in self._broken:
+                self._pending[k] = self._broken.pop(k)
+                continue
+            try:
+                self._workers[k].send("step", actions[i])
+            except _WorkerFailure as failure:
+                self._pending[k] = failure.reason
+        self._deadline = time.monotonic() + self.step_timeout_s
+
+    def step_wait(self, envs: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """The results of the steps :meth:`step_async` sent to ``envs`` (in that order); failed envs are
+        restarted and their transition is a truncation (module docstring)."""
+        envs = [int(k) for k in envs]
+        missing = [k for k in envs if k not in self._pending]
+        if missing:
+            raise RuntimeError(f"SubprocVecEnv.step_wait: envs {missing} were not sent a step")
+        failures = {k: self._pending[k] for k in envs if self._pending[k] is not None}
         results: dict[int, tuple] = {}
-        for k in range(self.num_envs):  # ... then collect: the envs step in parallel
+        for k in envs:
+            del self._pending[k]
             if k in failures:
                 continue
             try:
-                results[k] = self._workers[k].recv(deadline, "step", self.step_timeout_s)
+                results[k] = self._workers[k].recv(self._deadline, "step", self.step_timeout_s)
                 self._consecutive[k] = 0
             except _WorkerFailure as failure:
                 failures[k] = failure.reason
@@ -460,17 +486,18 @@ class SubprocVecEnv:
         if failures:
             recovered, _ = self._recover(failures, fresh=set(), reset_envs=set(), reset_seeds={}, do_reset=True)
 
+        n = len(envs)
         obs_list, infos = [], []
-        rewards = np.zeros(self.num_envs, dtype=np.float32)
-        terminated = np.zeros(self.num_envs, dtype=np.bool_)
-        truncated = np.zeros(self.num_envs, dtype=np.bool_)
-        for k in range(self.num_envs):
+        rewards = np.zeros(n, dtype=np.float32)
+        terminated = np.zeros(n, dtype=np.bool_)
+        truncated = np.zeros(n, dtype=np.bool_)
+        for i, k in enumerate(envs):
             if k in results:
                 obs, reward, term, trunc, info = results[k]
-                rewards[k], terminated[k], truncated[k] = reward, term, trunc
+                rewards[i], terminated[i], truncated[i] = reward, term, trunc
             else:  # §4, step 4: an interrupted transition, truncated, bootstrapped from the last good obs
                 obs, _ = recovered[k]
-                truncated[k] = True
+                truncated[i] = True
                 info = {"cost": 0.0, "final_obs": self._last_obs[k], "restarted": True, "error": failures[k]}
             obs_list.append(obs)
             infos.append(info)

@@ -238,6 +238,8 @@ class PPOBase(pl.LightningModule):
         with torch.no_grad():
             kl = rl.approx_kl(logp, batch["logp"])
             self._maybe_stop(kl)
+            if not self._log_this_step():
+                return loss
             raw = batch["advantages"]
             self.log_dict({
                 "train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
@@ -248,6 +250,12 @@ class PPOBase(pl.LightningModule):
                 "train/adv_mean": raw.mean(), "train/adv_std": raw.std() if raw.numel() > 1 else raw.new_zeros(()),
             }, on_step=True, on_epoch=False, batch_size=batch["obs"].shape[0])  # fmt: skip
         return loss
+
+    def _log_this_step(self) -> bool:
+        """Per-minibatch scalars only on the steps the logger writes (``trainer.log_every_n_steps``):
+        Lightning's ``self.log`` costs milliseconds per call, as much as a small minibatch's update."""
+        every = int(getattr(self._trainer, "log_every_n_steps", 1) or 1) if self._trainer is not None else 1
+        return self._trainer is None or self._trainer.global_step % every == 0
 
     def _maybe_stop(self, kl: torch.Tensor) -> None:
         if self.hparams.target_kl is None:

@@ -244,6 +244,9 @@ class RolloutDataModule(pl.LightningDataModule):
     """
 
     vector_backend: str = "inprocess"
+    #: with an asynchronous backend (subprocess), step two halves of the envs in turn so that the policy's
+    #: forward pass for one half overlaps the other half's env step
+    overlap_groups: bool = True
 
     def __init__(
         self,
@@ -379,37 +382,55 @@ class RolloutDataModule(pl.LightningDataModule):
         episodes: list[dict[str, Any]] = []
         restarts0 = self.vec_env.restarts
         t0 = time.perf_counter()
+        # Two env groups alternate when the backend steps asynchronously: the policy computes one group's
+        # actions while the other group's games step (the same policy throughout the rollout).
+        overlap = self.overlap_groups and hasattr(self.vec_env, "step_async") and N >= 2
+        groups = [list(range(N // 2)), list(range(N // 2, N))] if overlap else [list(range(N))]
+        obs = torch.as_tensor(self.obs).clone()
+
+        def act(g: list[int]) -> dict[str, torch.Tensor]:
+            out = module.act(obs[g].to(device), self.generator)
+            out["action"] = out["action"].cpu()
+            a = out["action"].numpy()
+            a = a[:, 0] if self._scalar_actions else a
+            if overlap:
+                self.vec_env.step_async(a, g)
+            else:
+                out["result"] = self.vec_env.step(a)
+            return out
+
+        outs = [act(g) for g in groups] if overlap else [None]
         for t in range(T):
-            obs_t = torch.as_tensor(self.obs)
-            out = module.act(obs_t.to(device), self.generator)
-            actions = out["action"].cpu()
-            act_np = actions.numpy()
-            nxt, rew, term, trunc, infos = self.vec_env.step(act_np[:, 0] if self._scalar_actions else act_np)
-            buf.obs[t] = obs_t
-            buf.actions[t] = actions
-            buf.logp[t] = out["logp"].cpu()
-            buf.values[t] = out["value"].cpu()
-            buf.cost_values[t] = out["cost_value"].cpu()
-            cost = torch.as_tensor([i["cost"] for i in infos], dtype=torch.float32)
-            reward = torch.as_tensor(rew, dtype=torch.float32)
-            buf.rewards[t] = module.shape_reward(reward, cost) if hasattr(module, "shape_reward") else reward
-            buf.costs[t] = cost
-            buf.terminated[t] = torch.as_tensor(term, dtype=torch.float32)
-            buf.truncated[t] = torch.as_tensor(trunc, dtype=torch.float32)
-            ends = [k for k in range(N) if trunc[k] and not term[k]]
-            if ends:  # V(final_obs) bootstraps a time limit (or a restart's break)
-                fin = torch.as_tensor(np.stack([infos[k]["final_obs"] for k in ends])).to(device)
-                v, cv = module.values(fin)
-                buf.final_values[t, ends] = v.cpu().float()
-                buf.final_cost_values[t, ends] = cv.cpu().float()
-            for info in infos:
-                if "episode" in info:
-                    ep = dict(info["episode"])
-                    for key in ("positions",):
-                        if key in info:
-                            ep[key] = info[key]
-                    episodes.append(ep)
-            self.obs = nxt
+            for gi, g in enumerate(groups):
+                out = outs[gi] if overlap else act(g)
+                nxt, rew, term, trunc, infos = self.vec_env.step_wait(g) if overlap else out.pop("result")
+                buf.obs[t, g] = obs[g]
+                buf.actions[t, g] = out["action"]
+                buf.logp[t, g] = out["logp"].cpu()
+                buf.values[t, g] = out["value"].cpu()
+                buf.cost_values[t, g] = out["cost_value"].cpu()
+                cost = torch.as_tensor([i["cost"] for i in infos], dtype=torch.float32)
+                reward = torch.as_tensor(rew, dtype=torch.float32)
+                buf.rewards[t, g] = module.shape_reward(reward, cost) if hasattr(module, "shape_reward") else reward
+                buf.costs[t, g] = cost
+                buf.terminated[t, g] = torch.as_tensor(term, dtype=torch.float32)
+                buf.truncated[t, g] = torch.as_tensor(trunc, dtype=torch.float32)
+                ends = [i for i in range(len(g)) if trunc[i] and not term[i]]
+                if ends:  # V(final_obs) bootstraps a time limit (or a restart's break)
+                    fin = torch.as_tensor(np.stack([infos[i]["final_obs"] for i in ends])).to(device)
+                    v, cv = module.values(fin)
+                    buf.final_values[t, [g[i] for i in ends]] = v.cpu().float()
+                    buf.final_cost_values[t, [g[i] for i in ends]] = cv.cpu().float()
+                for info in infos:
+                    if "episode" in info:
+                        ep = dict(info["episode"])
+                        if "positions" in info:
+                            ep["positions"] = info["positions"]
+                        episodes.append(ep)
+                obs[g] = torch.as_tensor(nxt)
+                if overlap and t < T - 1:
+                    outs[gi] = act(g)
+        self.obs = obs.numpy()
         v, cv = module.values(torch.as_tensor(self.obs).to(device))
         buf.bootstrap, buf.cost_bootstrap = v.cpu().float(), cv.cpu().float()
         elapsed = time.perf_counter() - t0
