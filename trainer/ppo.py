@@ -174,15 +174,29 @@ class PPOBase(pl.LightningModule):
         return self.net(obs)
 
     # ---------------------------------------------------------------- ActorCritic protocol
+    def _pad_index(self) -> tuple[torch.Tensor, int, int]:
+        """Index that lays the concatenated head logits out as ``[H, max options]`` (missing options point
+        at an appended −inf column), so every head is sampled by one vectorised Gumbel-max."""
+        heads = self.net.action_heads
+        if getattr(self, "_pad", None) is None or self._pad[1:] != (len(heads), max(heads)):
+            total, width = sum(heads), max(heads)
+            idx, start = [], 0
+            for n in heads:
+                idx += list(range(start, start + n)) + [total] * (width - n)
+                start += n
+            self._pad = (torch.tensor(idx), len(heads), width)
+        return self._pad
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         logits, value, cost_value = self.net(obs)
-        actions = []
-        for lg in logits:  # sampled on CPU so one CPU generator serves every device
-            probs = torch.softmax(lg.float(), dim=-1).cpu()
-            actions.append(torch.multinomial(probs, 1, generator=generator).squeeze(-1))
-        action = torch.stack(actions, dim=-1)
-        logp = rl.log_prob_heads([lg.float().cpu() for lg in logits], action)
+        idx, n_heads, width = self._pad_index()
+        flat = torch.cat(logits, dim=-1).float().cpu()  # sampled on CPU so one CPU generator serves every device
+        flat = torch.cat([flat, flat.new_full((flat.shape[0], 1), -math.inf)], dim=-1)
+        logp_all = torch.log_softmax(flat[:, idx].view(-1, n_heads, width), dim=-1)
+        u = torch.rand(logp_all.shape, generator=generator).clamp_(1e-20, 1.0)
+        action = torch.argmax(logp_all - torch.log(-torch.log(u)), dim=-1)  # Gumbel-max: a sample of each head
+        logp = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1).sum(-1)
         return {"action": action, "logp": logp, "value": value.float(), "cost_value": cost_value.float()}
 
     @torch.no_grad()
