@@ -64,10 +64,13 @@ def run_job(job: tuple[str, str, int, float | None, int | None]) -> dict[str, An
     from trainer.cli import TrainerCLI
 
     torch.set_num_threads(1)
+    import tempfile
+
     env, algo, seed, budget, steps = job
     path = YAML / f"mini_{env}_{algo}.yaml"
     args = ["fit", "--config", str(path), "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
-            "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]  # fmt: skip
+            "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+            "--trainer.default_root_dir", tempfile.mkdtemp(prefix="hasard_mini_")]  # fmt: skip
     if budget is not None:
         args += ["--model.init_args.cost_budget", str(budget)]
     if steps is not None:
@@ -131,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             budget = float(args.budget)
     jobs = [(e, a, s, budget if e == "remedy_rush" else None, args.steps)
             for e in args.envs for a in ALGOS[e] for s in args.seeds]  # fmt: skip
-    rows = list(run_in_workers(run_job, jobs, args.workers))
+    # pool workers are daemonic and cannot start the game processes: ViZDoom runs go one by one in this process
+    doom = [j for j in jobs if j[0] != "lava"]
+    lava = [j for j in jobs if j[0] == "lava"]
+    rows = list(run_in_workers(run_job, lava, args.workers)) if args.workers > 1 else [run_job(j) for j in lava]
+    rows += [run_job(j) for j in doom]
     print(f"\n| env | algo | env steps | ep reward (last 20) | ep cost (last 20) | budget | cost / budget | final λ | wall-clock s |")
     print("|---|---|---|---|---|---|---|---|---|")
     summary: list[dict[str, Any]] = []

@@ -208,7 +208,7 @@ def test_budget_conversion_of_the_doom_datamodule():
     assert dm.max_episode_steps == 525
 
 
-def _lava_run(algo: str, steps: int, seed: int = 0):
+def _lava_run(algo: str, steps: int, seed: int = 0, workdir=None):
     """The lava-grid miniature exactly as ``yaml/hasard/mini_lava_<algo>.yaml`` runs it (shorter)."""
     from tests import discovery as disc
     from trainer.cli import TrainerCLI
@@ -216,7 +216,8 @@ def _lava_run(algo: str, steps: int, seed: int = 0):
     path = disc.YAML_DIR / "hasard" / f"mini_lava_{algo}.yaml"
     cli = TrainerCLI(args=["fit", "--config", str(path), "--seed_everything", str(seed), "--trainer.logger", "false",
                            "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
-                           "--data.init_args.total_env_steps", str(steps)], run=False)  # fmt: skip
+                           "--data.init_args.total_env_steps", str(steps),
+                           "--trainer.default_root_dir", str(workdir)], run=False)  # fmt: skip
     costs, lams = [], []
 
     class Record(pl.Callback):
@@ -231,11 +232,11 @@ def _lava_run(algo: str, steps: int, seed: int = 0):
 
 
 @pytest.mark.slow
-def test_lava_grid_ppo_violates_and_ppo_lag_respects_the_budget():
+def test_lava_grid_ppo_violates_and_ppo_lag_respects_the_budget(tmp_path):
     """hasard.md §6 "Lava grid (fast)": PPO's cost exceeds the budget; PPO-Lag ends <= 1.2 × budget, λ > 0."""
     budget = 0.5
-    ppo_cost, _ = _lava_run("ppo", 30_000)
-    lag_cost, lam = _lava_run("ppo_lag", 100_000)
+    ppo_cost, _ = _lava_run("ppo", 30_000, workdir=tmp_path / "ppo")
+    lag_cost, lam = _lava_run("ppo_lag", 100_000, workdir=tmp_path / "lag")
     assert ppo_cost > budget, ppo_cost
     assert lag_cost <= 1.2 * budget, lag_cost
     assert lam > 0, lam
