@@ -35,6 +35,7 @@ from lightning.pytorch import LightningModule, Trainer
 from trainer.callback_state import StatefulCallback
 from trainer.heatmap import frame_strip, record_episode, write_gif
 from trainer.protocols import ActorCritic
+from trainer.rollout import env_actions
 
 __all__ = ["EpisodeVideoCallback"]
 
@@ -122,17 +123,18 @@ class EpisodeVideoCallback(StatefulCallback):
     # ------------------------------------------------------------------ recording
     def _select_action(self, pl_module: LightningModule, env: Any, generator: torch.Generator | None) -> Any:
         space = getattr(env, "action_space", None)
-        scalar = hasattr(space, "n") and not hasattr(space, "nvec")  # Discrete takes a scalar, else head indices
 
         def select(obs: Any, t: int) -> Any:
             x = torch.as_tensor(np.asarray(obs)).unsqueeze(0).to(pl_module.device)
-            if generator is None:
+            if generator is None and hasattr(pl_module, "greedy_action"):
+                action = pl_module.greedy_action(x)  # the initial policy state (GRU zeros, z = 1) at every step
+            elif generator is None:
                 logits = getattr(pl_module, "net", pl_module)(x)[0]
                 action = torch.stack([lg.argmax(dim=-1) for lg in logits], dim=-1)
             else:
                 action = pl_module.act(x, generator)["action"]
-            a = action[0].detach().cpu().numpy()
-            return int(a[0]) if scalar else a
+            a = env_actions(space, action.detach().cpu().numpy())[0]  # Discrete: a scalar; Tuple: (heads, box)
+            return a if isinstance(a, tuple) or np.ndim(a) else int(a)
 
         return select
 

@@ -175,6 +175,10 @@ class LavaGridDataModule(RolloutDataModule):
 
     #: episode budget of the miniature: 0.5 lava steps per episode (hasard.md §7.1)
     default_budget = 0.5
+    #: PPO-Sauté's reward once the safety state is exhausted (our choice: ten step penalties, −0.1; it
+    #: outweighs the −0.01 step reward, so an exhausted budget is worse than any detour, and stays below
+    #: the +1 goal reward in size)
+    default_unsafe_reward = -0.1
 
     def make_eval_env(self, seed: int) -> LavaGridEnv:
         env = LavaGridEnv(self.size, self.max_steps, self.start)

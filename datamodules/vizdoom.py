@@ -1139,7 +1139,8 @@ class HasardDataModule(RolloutDataModule):
             ``remedy_rush`` (default) or ``volcanic_venture`` (or the paper's code / CamelCase name).
         level: difficulty level 1–3 (1).
         curriculum: levels to train on in order (e.g. ``[1, 2, 3]``), overriding ``level``; None = off.
-        action_space: ``simplified`` (the cfg's buttons; default) or ``full`` (14 buttons).
+        action_space: ``simplified`` (the cfg's buttons; default) or ``full`` (14 buttons: 9 discrete heads and
+            2 Box dims, which the policy samples from Gaussians and sends clipped to [-1, 1]).
         width: observation width (128, HASARD §3.4).
         height: observation height (72).
         grayscale: one luminance channel (False).
@@ -1252,11 +1253,24 @@ class HasardDataModule(RolloutDataModule):
 
     @property
     def action_heads(self) -> tuple[int, ...]:
-        if self.env_kwargs["action_space"] != "simplified":
-            raise ValueError("the policy of SafePPO has discrete heads only: use action_space 'simplified' "
-                             "(the full space's 2 Box heads are not supported by the policy yet)")  # fmt: skip
+        """Discrete heads: the cfg's buttons (``simplified``) or the full space's 14 buttons without the two
+        ``*_DELTA`` ones (HASARD §3.3: 9 heads, e.g. (3, 3, 3, 2, 2, 2, 2, 2, 2))."""
+        if self.env_kwargs["action_space"] == "full":
+            return tuple(n for n, _ in action_heads(self.spec_hasard.full_buttons))
         cfg, _ = asset_paths(self.spec_hasard.name, self.active_level, self.env_kwargs["hard_constraint"])
         return tuple(n for n, _ in action_heads(cfg_buttons(cfg)))
+
+    @property
+    def action_box_dims(self) -> int:
+        """Box dims of the action space: 2 for ``full`` (LOOK_UP_DOWN_DELTA, TURN_LEFT_RIGHT_DELTA), else 0."""
+        if self.env_kwargs["action_space"] == "full":
+            return len(delta_button_indices(self.spec_hasard.full_buttons))
+        return 0
+
+    @property
+    def default_unsafe_reward(self) -> float:
+        """PPO-Sauté's reward once the safety state is exhausted (hasard.md §3.2: RR −0.025, PP −0.7, ...)."""
+        return float(self.spec_hasard.unsafe_reward)
 
     def collect_rollout(self, module: Any) -> dict[str, Any]:
         level = self._level_at(self.env_steps * self._world)
@@ -1269,6 +1283,7 @@ class HasardDataModule(RolloutDataModule):
                 seeds = [env_seed(self.seed, self._rank, k) + 1_000_003 * self.rollout_idx for k in range(self.num_envs)]
                 self.vec_env = self._make_vec_env(seeds)
                 self.obs, _ = self.vec_env.reset()
+                self.policy_state = None  # new episodes: initial GRU / safety state
         stats = super().collect_rollout(module)
         self.rollout_stats["level"] = float(self.active_level)
         return stats

@@ -10,7 +10,15 @@ selected by ``algo`` (HASARD §3.1):
 * ``ppo_cost``: reward shaping ``r ← r − κ·c`` before GAE;
 * ``ppo_lag``: λ ← max(0, λ + η(c̄ − b)) every minibatch (updated first, then used), A = A_R − λ·A_C;
 * ``ppo_pid``: PID-Lagrangian λ (Stooke et al. 2020), A = (A_R − λ·A_C)/(1 + λ);
-* ``p3o``: A = A_R plus the penalty κ_P3O·max(0, mean(ρ·Â_C) + (c̄ − b)).
+* ``p3o``: A = A_R plus the penalty κ_P3O·max(0, mean(ρ·Â_C) + (c̄ − b));
+* ``ppo_saute``: PPO-Sauté (HASARD §3.2): a safety state z per env, z_0 = 1,
+  z_{t+1} = (z_t − c_t/B_d)/γ_s with B_d = B(1 − γ_s^H)/((1 − γ_s)H); the reward becomes the scenario's
+  ``unsafe_reward`` once z_{t+1} ≤ 0; z is reset to 1 at an episode's start (same-step autoreset: the new
+  episode's first observation is seen with z = 1) and concatenated to the encoder output, so the actor
+  and both critics see it. z travels as the named policy input ``safety`` (stored in the rollout buffer
+  and the minibatches, part of the datamodule's checkpoint with in-process envs). **H is the episode
+  horizon in agent steps**, the datamodule's ``max_episode_steps`` (525 for Doom at frame skip 4; the
+  authors' code used the 2100 tics here, which gives a smaller B_d).
 
 c̄ is the minibatch's mean per-step cost, all-reduced over ranks, and ``b = B·frame_skip/timeout_tics``
 the per-step budget (``budget_mode: per_step``, the authors'); ``per_episode`` (OmniSafe-style) compares
@@ -20,9 +28,13 @@ module buffers updated in closed form, identical on every rank, and checkpointed
 YAML: ``yaml/hasard/`` (``smoke.yaml`` and ``mini_lava_*`` on the lava-grid stand-in;
 ``mini_remedy_rush_*`` and ``paper_*`` on the real scenarios).
 
-Deviations: synchronous rollouts instead of Sample Factory's asynchronous sampler; PPO-Sauté and the
-recurrent (GRU) core are not built yet; inputs are scaled by 1/255, not normalised by running
-statistics, and returns are not normalised.
+The optional GRU core (``recurrence`` > 0; the paper files use a GRU 512 with recurrence 32 = the
+rollout length) and the full action space (9 discrete heads + 2 Gaussian Box heads) live in
+:class:`trainer.ppo.PPOBase`.
+
+Deviations: synchronous rollouts instead of Sample Factory's asynchronous sampler; PPO-Sauté's H in
+agent steps, not tics (above); inputs are scaled by 1/255, not normalised by running statistics, and
+returns are not normalised.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from trainer.ppo import PPOAdam, PPOBase
 
 __all__ = ["HasardAdam", "SafePPO"]
 
-ALGOS = ("ppo", "ppo_cost", "ppo_lag", "ppo_pid", "p3o")
+ALGOS = ("ppo", "ppo_cost", "ppo_lag", "ppo_pid", "p3o", "ppo_saute")
 BUDGET_MODES = ("per_step", "per_episode")
 LAGRANGE_OPTIMIZERS = ("gradient_ascent", "adam")
 #: scenario statistics averaged into rollout/ep_<key> when the envs report them (hasard.md §8)
@@ -57,12 +69,12 @@ allow_in_weights_only_checkpoints(PPOAdam, HasardAdam)  # the defaults, so a fre
 
 
 class SafePPO(PPOBase):
-    """PPO, PPO-Cost, PPO-Lagrangian, PID-Lagrangian and P3O (module docstring; HASARD §3.1).
+    """PPO, PPO-Cost, PPO-Lagrangian, PID-Lagrangian, P3O and PPO-Sauté (module docstring; HASARD §3.1–3.2).
 
     Defaults are the authors' Doom settings (hasard.md §3.4); the lava-grid YAMLs override the encoder.
 
     Args:
-        algo: ``ppo``, ``ppo_cost``, ``ppo_lag``, ``ppo_pid`` or ``p3o``.
+        algo: ``ppo``, ``ppo_cost``, ``ppo_lag``, ``ppo_pid``, ``p3o`` or ``ppo_saute``.
         cost_budget: the episode budget B; None = the datamodule's ``default_budget`` (the scenario's value of the
             authors' code, hasard.md §3.3: 5 for RR/CD/DD/AB, 50 for VV/PP; 0 under the hard constraint).
         budget_mode: ``per_step`` (b = datamodule.per_step_budget(B), compared with c̄ every minibatch) or
@@ -81,7 +93,11 @@ class SafePPO(PPOBase):
         cost_penalty_kappa: κ of ``ppo_cost``; None = the datamodule's ``default_cost_kappa`` (0.1 for
             ArmamentBurden, 1.0 otherwise, hasard.md §3.4), else 1.0.
         p3o_kappa: κ of ``p3o`` (1.0).
-        obs_shape, action_heads, encoder, hidden, clip_eps, clip_mode, clip_eps_low, clip_eps_high,
+        saute_gamma: γ_s of ``ppo_saute`` (0.9999, the authors' code).
+        saute_unsafe_reward: ``ppo_saute``'s reward once z ≤ 0; None = the datamodule's ``default_unsafe_reward``
+            (the scenario's value, hasard.md §3.2: AB −0.005, CD −0.1, DD −0.01, PP −0.7, RR −0.025, VV −0.01;
+            lava grid −0.1).
+        obs_shape, action_heads, action_box, encoder, hidden, recurrence, clip_eps, clip_mode, clip_eps_low, clip_eps_high,
         value_clip, vf_coef, ent_coef, exploration_coef, adv_norm, target_kl, anneal_lr, optimizer: as in
             :class:`trainer.ppo.PPOBase`, with HASARD's defaults (convnet_simple + FC 512, clip 0.1
             "unbiased", value clip 0.2, no entropy bonus, symmetric-KL exploration 0.001, constant lr 1e-4).
@@ -111,10 +127,14 @@ class SafePPO(PPOBase):
         pid_diff_norm: bool = False,
         cost_penalty_kappa: float | None = None,
         p3o_kappa: float = 1.0,
+        saute_gamma: float = 0.9999,
+        saute_unsafe_reward: float | None = None,
         obs_shape: tuple[int, ...] | None = None,
         action_heads: tuple[int, ...] | None = None,
+        action_box: int | None = None,
         encoder: str = "convnet_simple",
         hidden: int = 512,
+        recurrence: int = 0,
         clip_eps: float = 0.1,
         clip_mode: str = "unbiased",
         clip_eps_low: float | None = None,
@@ -128,14 +148,20 @@ class SafePPO(PPOBase):
         anneal_lr: bool = False,
         optimizer: OptimizerCallable = HasardAdam,
     ) -> None:
+        if algo not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+        if not 0 < saute_gamma <= 1:
+            raise ValueError(f"saute_gamma must be in (0, 1], got {saute_gamma}")
+        self.algo = algo  # read by extra_inputs() while PPOBase builds the network
         super().__init__(
-            obs_shape, action_heads, encoder, hidden, clip_eps, clip_mode, clip_eps_low, clip_eps_high, value_clip,
-            vf_coef, ent_coef, exploration_coef, adv_norm, target_kl, anneal_lr, optimizer,
+            obs_shape=obs_shape, action_heads=action_heads, action_box=action_box, encoder=encoder, hidden=hidden,
+            recurrence=recurrence, clip_eps=clip_eps, clip_mode=clip_mode, clip_eps_low=clip_eps_low,
+            clip_eps_high=clip_eps_high, value_clip=value_clip, vf_coef=vf_coef, ent_coef=ent_coef,
+            exploration_coef=exploration_coef, adv_norm=adv_norm, target_kl=target_kl, anneal_lr=anneal_lr,
+            optimizer=optimizer,
         )  # fmt: skip
         self.save_hyperparameters()
         allow_in_weights_only_checkpoints(optimizer)
-        if algo not in ALGOS:
-            raise ValueError(f"algo must be one of {ALGOS}, got {algo!r} (ppo_saute is not built yet)")
         if budget_mode not in BUDGET_MODES:
             raise ValueError(f"budget_mode must be one of {BUDGET_MODES}, got {budget_mode!r}")
         if lagrange_optimizer not in LAGRANGE_OPTIMIZERS:
@@ -154,6 +180,10 @@ class SafePPO(PPOBase):
         self.register_buffer("pid_history", torch.tensor(list(pid.d_history), dtype=f64))
         self.step_budget = float("nan")  # b, set in setup from the datamodule
         self._last_cost = float("nan")
+        # PPO-Sauté: B_d and the unsafe reward, set in setup from the datamodule (configure_saute)
+        self.saute_budget_d = float("nan")
+        self.unsafe_reward = float("nan") if saute_unsafe_reward is None else float(saute_unsafe_reward)
+        self._z_final = [0.0, 0.0]  # sum and count of z at the ends of the rollout's episodes
 
     @classmethod
     def unit_test_params(cls) -> dict[str, Any]:
@@ -172,6 +202,8 @@ class SafePPO(PPOBase):
             self.cost_kappa = float(dm.default_cost_kappa)
         B = self.cost_budget
         self.step_budget = float(dm.per_step_budget(B)) if dm is not None and hasattr(dm, "per_step_budget") else B
+        if self.hparams.algo == "ppo_saute":
+            self.configure_saute(dm)
         logger = getattr(self.trainer, "logger", None) if self._trainer is not None else None
         exp = getattr(logger, "experiment", None) if self._trainer is not None and self.trainer.is_global_zero else None
         if exp is not None and hasattr(exp, "add_custom_scalars"):
@@ -181,6 +213,48 @@ class SafePPO(PPOBase):
                 "episode reward": ["Multiline", ["hasard/ep_reward"]],
                 "lambda": ["Multiline", ["lagrange/lambda"]],
             }})  # fmt: skip  # hasard.md §8 custom-scalars layout
+
+    # ---------------------------------------------------------------- PPO-Sauté (HASARD §3.2)
+    def configure_saute(self, dm: Any) -> None:
+        """B_d = saute_budget(B, γ_s, H) with H = ``dm.max_episode_steps`` (agent steps, not tics) and the unsafe
+        reward (``saute_unsafe_reward`` or ``dm.default_unsafe_reward``); B must already be resolved."""
+        if not self.cost_budget > 0:
+            raise ValueError(f"ppo_saute needs a cost budget B > 0 (B_d divides the costs), got {self.cost_budget}")
+        horizon = int(dm.max_episode_steps)
+        self.saute_budget_d = rl.saute_budget(self.cost_budget, self.hparams.saute_gamma, horizon)  # HASARD §3.2
+        if self.hparams.saute_unsafe_reward is None:
+            if not hasattr(dm, "default_unsafe_reward"):
+                raise ValueError("saute_unsafe_reward is None but the datamodule has no default_unsafe_reward: set "
+                                 "model.saute_unsafe_reward")  # fmt: skip
+            self.unsafe_reward = float(dm.default_unsafe_reward)
+
+    def extra_inputs(self) -> tuple[tuple[str, int], ...]:
+        """PPO-Sauté: the safety state z (one column, ``safety``) joins the encoder output."""
+        return (("safety", 1),) if self.algo == "ppo_saute" else ()
+
+    def initial_policy_state(self, n: int) -> dict[str, torch.Tensor]:
+        state = super().initial_policy_state(n)
+        if self.algo == "ppo_saute":
+            state["safety"] = torch.ones(n, 1)  # HASARD §3.2: z_0 = 1
+        return state
+
+    def advance(
+        self,
+        state: dict[str, torch.Tensor],
+        out: dict[str, torch.Tensor],
+        reward: torch.Tensor,
+        cost: torch.Tensor,
+        done: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        reward, nxt = super().advance(state, out, reward, cost, done)
+        if self.algo == "ppo_saute":
+            z = rl.saute_step(state["safety"], cost.reshape(-1, 1), self.saute_budget_d, self.hparams.saute_gamma)
+            reward = rl.saute_reward(reward, z.reshape(-1), self.unsafe_reward)  # HASARD §3.2: r̃ = u once z ≤ 0
+            nxt["safety"] = z
+            if bool(done.any()):
+                self._z_final[0] += float(z.reshape(-1)[done].sum())
+                self._z_final[1] += float(done.sum())
+        return reward, nxt
 
     def shape_reward(self, reward: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
         """The reward GAE sees: ``r − κ·c`` for ``ppo_cost`` (HASARD §3.1), else ``r``."""
@@ -261,6 +335,12 @@ class SafePPO(PPOBase):
     def rollout_metrics(self, dm: Any) -> dict[str, float]:
         out = {"hasard/budget": self.cost_budget, "hasard/step_budget": self.step_budget,
                "hasard/step_cost": self._mean_cost(torch.tensor(dm.rollout_stats["step_cost"]))}  # fmt: skip
+        if self.algo == "ppo_saute":
+            tot = self._reduce_sum(torch.tensor(self._z_final, dtype=torch.float64))
+            self._z_final = [0.0, 0.0]
+            if tot[1] > 0:
+                out["saute/z_final"] = float(tot[0] / tot[1])  # mean z at the end of the rollout's episodes
+            out["saute/budget_d"] = self.saute_budget_d
         means = self.episode_means(dm.episodes, ("return", "cost"))
         if "cost" in means:
             out["hasard/ep_cost"] = means["cost"]

@@ -6,6 +6,7 @@ subprocess supervision in ``tests/test_env_workers.py``.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -281,3 +282,236 @@ def test_vectorised_sampler_draws_each_head_from_its_softmax():
     assert torch.allclose(out["logp"], want, atol=1e-5)
     again = m.act(obs[:100], torch.Generator().manual_seed(0))["action"]
     assert torch.equal(again, out["action"][:100]), "seeded sampling is reproducible"
+
+
+# ----------------------------------------------------------------------------------------------
+# PPO-Sauté, the recurrent core, the full action space
+# ----------------------------------------------------------------------------------------------
+
+
+class _CostlyEnv(gym.Env):
+    """obs = [step index]; reward 1, cost 0.4 every step; truncated after 4 steps."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(0, 10, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([float(self.t)], np.float32), 1.0, False, self.t >= 4, {"cost": 0.4}
+
+
+class _CostlyDM(RolloutDataModule):
+    default_unsafe_reward = -5.0
+
+    def env_factory(self, k):
+        return lambda seed: _CostlyEnv()
+
+    @property
+    def max_episode_steps(self) -> int:
+        return 4
+
+
+def _fake_trainer(dm, module):
+    dm.trainer = type("T", (), {"lightning_module": module, "world_size": 1, "global_rank": 0})()
+    return dm
+
+
+def _saute(dm, **kw) -> SafePPO:
+    m = _tiny(**{"algo": "ppo_saute", **kw})
+    m.configure_saute(dm)
+    return m
+
+
+def test_saute_safety_state_and_unsafe_reward_in_collection():
+    """hasard.md §6: B_d = 1, γ_s = 1, costs 0.4 → z = 0.6, 0.2, −0.2 and the third reward is replaced; z resets
+    to 1 on the new episode's first observation (same-step autoreset)."""
+    dm = _setup_dm(_CostlyDM(num_envs=1, num_steps=6, update_epochs=1, num_minibatches=1))
+    m = _saute(dm, obs_shape=(1,), action_heads=(2,), cost_budget=1.0, saute_gamma=1.0)
+    assert m.saute_budget_d == 1.0 and m.unsafe_reward == -5.0, "B_d and the datamodule's unsafe reward"
+    flat = dm.collect_rollout(m)
+    assert flat["safety"][:, 0].tolist() == pytest.approx([1.0, 0.6, 0.2, -0.2, 1.0, 0.6])
+    assert flat["rewards"].tolist() == pytest.approx([1.0, 1.0, -5.0, -5.0, 1.0, 1.0])
+    assert dm.policy_state["safety"][0, 0].item() == pytest.approx(0.2), "z carries over to the next rollout"
+    # the Doom datamodule's horizon is agent steps (525), not tics; its unsafe reward is the scenario's
+    from datamodules.vizdoom import HasardDataModule
+
+    doom = HasardDataModule()
+    m = _saute(doom, cost_budget=5.0, obs_shape=(1,), action_heads=(2,))
+    assert m.saute_budget_d == pytest.approx(rl.saute_budget(5.0, 0.9999, 525))
+    assert m.unsafe_reward == -0.025
+    assert _saute(doom, cost_budget=5.0, saute_unsafe_reward=-1.0, obs_shape=(1,), action_heads=(2,)).unsafe_reward == -1.0
+    with pytest.raises(ValueError, match="B > 0"):
+        _saute(doom, cost_budget=0.0, obs_shape=(1,), action_heads=(2,))
+
+
+def test_saute_network_receives_the_safety_state():
+    m = _saute(_CostlyDM(), cost_budget=1.0)
+    assert m.net.extra_dims == 1 and _tiny().net.extra_dims == 0, "only ppo_saute widens the encoder output"
+    torch.manual_seed(0)
+    for p in m.net.parameters():  # break the near-zero policy init so every input matters visibly
+        torch.nn.init.normal_(p)
+    obs = torch.rand(3, 14)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = m.act(obs, g(), {"safety": torch.ones(3, 1)})
+    b = m.act(obs, g(), {"safety": -torch.ones(3, 1)})
+    assert not torch.allclose(a["logp"], b["logp"]) and not torch.allclose(a["value"], b["value"])
+    assert not torch.allclose(a["cost_value"], b["cost_value"]), "both critics see z"
+    batch = {"obs": obs, "actions": a["action"], "safety": torch.ones(3, 1)}
+    assert torch.allclose(m.evaluate(batch)["logp"], a["logp"], atol=1e-6)
+    assert not torch.allclose(m.evaluate({**batch, "safety": -torch.ones(3, 1)})["logp"], a["logp"])
+
+
+def test_recurrent_minibatches_are_whole_chunks_in_time_order():
+    dm = _setup_dm(_ScriptedDM(num_envs=2, num_steps=8, update_epochs=2, num_minibatches=2))
+    m = _tiny(obs_shape=(1,), action_heads=(2,), recurrence=4)
+    batches = list(RolloutDataset(_fake_trainer(dm, m)))
+    assert len(batches) == 4 and dm.chunk_len == 4 and dm.chunk_keys == ("hidden",)
+    starts = []
+    for b in batches:
+        assert b["obs"].shape == (8, 1) and b["hidden"].shape == (2, 16) and b["actions"].shape == (8, 1)
+        for c in range(2):  # obs = step within a 3-step episode: a chunk from t0 reads (t0 + i) % 3
+            seq = b["obs"][4 * c : 4 * c + 4, 0].tolist()
+            assert seq in ([0.0, 1.0, 2.0, 0.0], [1.0, 2.0, 0.0, 1.0]), seq
+            starts.append((seq[0], bool(b["hidden"][c].abs().sum() > 0)))
+    # chunks starting at t = 0 of the first rollout start from the zero state, those at t = 4 do not
+    assert sorted(set(starts)) == [(0.0, False), (1.0, True)]
+    assert not torch.equal(batches[0]["obs"], batches[2]["obs"]) or not torch.equal(
+        batches[0]["hidden"], batches[2]["hidden"]), "update epochs reshuffle the chunks"  # fmt: skip
+
+
+@pytest.mark.parametrize("algo,recurrence", [("ppo_lag", 0), ("ppo_lag", 4), ("ppo_saute", 4)])
+def test_training_forward_reproduces_the_collected_values(algo, recurrence):
+    """Before any update, logp/values recomputed on the minibatches (GRU unrolled over whole chunks, reset
+    where done) equal those computed step by step during collection."""
+    dm = _setup_dm(LavaGridDataModule(max_steps=5, num_envs=2, num_steps=16, update_epochs=1, num_minibatches=2))
+    m = _tiny(algo=algo, recurrence=recurrence, cost_budget=0.5)
+    if algo == "ppo_saute":
+        m.configure_saute(dm)
+    _fake_trainer(dm, m)
+    RolloutDataset(dm).__iter__().__next__()  # a first rollout, so the second starts from a carried state
+    batches = list(RolloutDataset(dm))
+    assert any(b["truncated"].sum() > 0 for b in batches), "episodes end inside chunks"
+    for b in batches:
+        with torch.no_grad():
+            ev = m.evaluate(b)
+        assert torch.allclose(ev["logp"], b["logp"], atol=1e-5)
+        assert torch.allclose(ev["value"], b["values"], atol=1e-5)
+        assert torch.allclose(ev["cost_value"], b["cost_values"], atol=1e-5)
+        if recurrence:
+            assert b["hidden"].shape == (b["obs"].shape[0] // recurrence, 16)
+
+
+def test_recurrence_layout_errors_and_policy_state_resume():
+    with pytest.raises(ValueError, match="divisible by recurrence"):
+        _tiny(recurrence=5).check_rollout_layout(LavaGridDataModule(num_envs=2, num_steps=16, num_minibatches=2))
+    with pytest.raises(ValueError, match="chunks"):
+        _tiny(recurrence=8).check_rollout_layout(LavaGridDataModule(num_envs=3, num_steps=8, num_minibatches=4))
+    with pytest.raises(ValueError, match="recurrence"):
+        _tiny(recurrence=-1)
+
+    def dm():
+        return _setup_dm(LavaGridDataModule(max_steps=7, num_envs=2, num_steps=8, update_epochs=1, num_minibatches=2))
+
+    m = _tiny(algo="ppo_saute", recurrence=4, cost_budget=0.5)
+    straight = dm()
+    m.configure_saute(straight)
+    straight.collect_rollout(m)
+    ref = straight.collect_rollout(m)
+    first = dm()
+    first.collect_rollout(m)
+    state = first.state_dict()
+    assert set(state["policy_state"]) == {"hidden", "safety"}
+    resumed = dm()
+    resumed.load_state_dict(state)
+    again = resumed.collect_rollout(m)
+    for k in ("obs", "actions", "logp", "hidden", "safety", "rewards"):
+        assert torch.equal(ref[k], again[k]), k
+
+
+class _TupleEnv(gym.Env):
+    """Tuple(MultiDiscrete([3, 2]), Box(-1, 1, (2,))) actions; records what it receives."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(0, 1, (3,), np.float32)
+        self.action_space = gym.spaces.Tuple((gym.spaces.MultiDiscrete([3, 2]), gym.spaces.Box(-1, 1, (2,), np.float32)))
+        self.received = []
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        disc, box = action
+        assert disc.dtype == np.int64 and disc.shape == (2,) and box.shape == (2,)
+        self.received.append((disc.copy(), box.copy()))
+        return np.full(3, 0.5, np.float32), float(box[0]), False, False, {"cost": float(disc[0] == 2)}
+
+
+class _TupleDM(RolloutDataModule):
+    def env_factory(self, k):
+        return lambda seed: _TupleEnv()
+
+    @property
+    def max_episode_steps(self) -> int:
+        return 100
+
+    default_budget = 1.0
+
+
+def test_full_action_space_discrete_and_gaussian_box_heads():
+    dm = _setup_dm(_TupleDM(num_envs=2, num_steps=16, update_epochs=1, num_minibatches=2))
+    assert dm.action_heads == (3, 2) and dm.action_box_dims == 2
+    m = _tiny(obs_shape=(3,), action_heads=(3, 2), action_box=2, algo="ppo")
+    with torch.no_grad():
+        m.net.box_log_std.fill_(math.log(2.0))  # σ = 2: many samples fall outside [-1, 1]
+    batches = list(RolloutDataset(_fake_trainer(dm, m)))
+    flat = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    a = flat["actions"]
+    assert a.dtype == torch.float32 and a.shape == (32, 4)
+    assert torch.equal(a[:, :2], a[:, :2].round()) and a[:, 0].max() <= 2 and a[:, 1].max() <= 1
+    assert a[:, 2:].abs().max() > 1, "the stored Box sample is the unclipped one"
+    received = np.stack([b for env in dm.vec_env.envs for _, b in env.received])
+    assert np.abs(received).max() <= 1.0, "the env gets the Box part clipped to [-1, 1]"
+    with torch.no_grad():
+        ev = m.evaluate(batches[0])
+    assert torch.allclose(ev["logp"], batches[0]["logp"], atol=1e-5), "logp sums discrete and Gaussian heads"
+    want_h = rl.categorical_entropy(ev["logits"]) + 2 * (0.5 * (1 + math.log(2 * math.pi)) + math.log(2.0))
+    assert torch.allclose(ev["entropy"], want_h, atol=1e-5)
+    assert torch.isfinite(m.training_step(batches[0], -1))
+
+
+def test_full_action_space_trains_and_the_doom_datamodule_describes_it():
+    pl.seed_everything(0, verbose=False)
+    m = _tiny(obs_shape=None, action_heads=None, algo="ppo_lag")
+    dm = _TupleDM(num_envs=2, num_steps=8, update_epochs=1, num_minibatches=2, total_env_steps=32)
+    trainer = quiet_trainer([], max_epochs=2)
+    trainer.fit(m, datamodule=dm)
+    assert tuple(m.hparams.action_heads) == (3, 2) and m.hparams.action_box == 2
+    assert trainer.global_step == 4
+    assert float(m.net.box_log_std.detach().abs().sum()) > 0, "the log-std parameter is trained"
+    from datamodules.vizdoom import HasardDataModule
+
+    full = HasardDataModule(action_space="full")
+    assert len(full.action_heads) == 9 and full.action_box_dims == 2
+    assert HasardDataModule().action_box_dims == 0
+
+
+@pytest.mark.slow
+def test_real_vizdoom_rollout_with_full_actions_gru_and_saute(tmp_path):
+    pytest.importorskip("vizdoom")
+    from datamodules.vizdoom import HasardDataModule
+
+    dm = HasardDataModule(action_space="full", width=64, height=36, grayscale=True, num_envs=2, num_steps=8,
+                          num_minibatches=2, total_env_steps=16)  # fmt: skip
+    m = SafePPO(algo="ppo_saute", hidden=32, recurrence=4)
+    trainer = quiet_trainer([], max_epochs=1, default_root_dir=str(tmp_path))
+    trainer.fit(m, datamodule=dm)
+    assert trainer.global_step == 2
+    assert tuple(m.hparams.action_heads) == (3, 3, 3, 2, 2, 2, 2, 2, 2) and m.hparams.action_box == 2
+    assert set(dm.policy_state) == {"hidden", "safety"} and dm.policy_state["hidden"].shape == (2, 32)
+    assert m.unsafe_reward == -0.025

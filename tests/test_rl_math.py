@@ -576,3 +576,15 @@ def test_all_exports_exist_and_are_documented():
         obj = getattr(rl, name)
         if callable(obj):
             assert obj.__doc__, name
+
+
+def test_gaussian_log_prob_and_entropy_of_box_heads():
+    # N(0, 1) at x = 1 per dim: -1/2 - log(2π)/2; two dims sum; σ = e: -(x/e)^2/2 - 1 - log(2π)/2
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    lp = rl.gaussian_log_prob(torch.zeros(1, 2), torch.zeros(2), torch.ones(1, 2))
+    assert lp.item() == pytest.approx(2 * (-0.5 - half_log_2pi))
+    lp = rl.gaussian_log_prob(torch.tensor([[1.0]]), torch.tensor([1.0]), torch.tensor([[1.0 + math.e]]))
+    assert lp.item() == pytest.approx(-0.5 - 1.0 - half_log_2pi)
+    # entropy of N(μ, σ²) is 1/2 + log(2π)/2 + log σ, summed over dims, one value per row
+    h = rl.gaussian_entropy(torch.tensor([0.0, math.log(2.0)]), 3)
+    assert h.shape == (3,) and h[0].item() == pytest.approx(2 * (0.5 + half_log_2pi) + math.log(2.0))

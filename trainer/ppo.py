@@ -10,8 +10,12 @@ add loss terms (``extra_loss``).
 
 :class:`PolicyNet`: a shared encoder (``mlp``: two tanh layers; ``convnet_simple``: Sample Factory's
 conv(32, 8×8, s4) → conv(64, 4×4, s2) → conv(128, 3×3, s2), ELU, FC; uint8 frames are scaled by 1/255)
-with one logit block per discrete action head, a value head and a cost-value head, orthogonally
-initialised (policy gain 0.01, values 1).
+with optional extra inputs concatenated to the encoder output (PPO-Sauté's safety state), an optional GRU
+core (``recurrence`` > 0, rl_core.md §2), one logit block per discrete action head, optional Gaussian Box
+heads (state-independent log-std), a value head and a cost-value head, orthogonally initialised (policy
+gain 0.01, values 1). Stateful policies (GRU state, extra inputs) follow the protocol described in
+:mod:`trainer.rollout`: ``initial_policy_state``, ``act(obs, generator, state)``, ``values(obs, state)``,
+``advance`` and ``evaluate`` (the training-time forward over minibatches of whole chunks).
 """
 
 from __future__ import annotations
@@ -48,20 +52,35 @@ def _ortho(layer: nn.Module, gain: float) -> nn.Module:
 
 
 class PolicyNet(nn.Module):
-    """Shared encoder → per-head logits, value and cost value.
+    """Shared encoder (⊕ extra inputs) → optional GRU core → per-head logits, Box means, value and cost value.
 
     Args:
         obs_shape: one observation's shape (``(d,)`` for ``mlp``; ``(C, H, W)`` for ``convnet_simple``).
         action_heads: options per discrete head.
         encoder: ``mlp`` or ``convnet_simple``.
-        hidden: width of the MLP layers / of the conv encoder's FC layer.
+        hidden: width of the MLP layers / of the conv encoder's FC layer (and of the GRU).
+        extra_dims: width of the extra inputs concatenated to the encoder output (PPO-Sauté's safety state
+            z: 1); 0 = none.
+        recurrent: a ``GRUCell`` of width ``hidden`` after the encoder (rl_core.md §2 recurrent policies).
+        box_dims: continuous (Box) action dimensions: a Gaussian per dimension with a state-independent
+            log-std parameter (0 = discrete heads only).
     """
 
-    def __init__(self, obs_shape: Sequence[int], action_heads: Sequence[int], encoder: str = "mlp", hidden: int = 64):
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        action_heads: Sequence[int],
+        encoder: str = "mlp",
+        hidden: int = 64,
+        extra_dims: int = 0,
+        recurrent: bool = False,
+        box_dims: int = 0,
+    ):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         self.action_heads = tuple(int(h) for h in action_heads)
+        self.extra_dims, self.box_dims, self.recurrent = int(extra_dims), int(box_dims), bool(recurrent)
         obs_shape = tuple(int(s) for s in obs_shape)
         if encoder == "mlp":
             self.encoder = nn.Sequential(
@@ -79,15 +98,79 @@ class PolicyNet(nn.Module):
             with torch.no_grad():
                 n_flat = conv(torch.zeros(1, *obs_shape)).shape[1]
             self.encoder = nn.Sequential(conv, nn.Linear(n_flat, hidden), nn.ELU())
-        self.policy = _ortho(nn.Linear(hidden, sum(self.action_heads)), 0.01)
-        self.value = _ortho(nn.Linear(hidden, 1), 1.0)
-        self.cost_value = _ortho(nn.Linear(hidden, 1), 1.0)
+        width = hidden + self.extra_dims  # HASARD §3.2: z is concatenated to the encoder output
+        self.core = nn.GRUCell(width, hidden) if self.recurrent else None  # HASARD §3.4 "GRU 512"
+        if self.recurrent:
+            width = hidden
+        self.policy = _ortho(nn.Linear(width, sum(self.action_heads)), 0.01)
+        self.value = _ortho(nn.Linear(width, 1), 1.0)
+        self.cost_value = _ortho(nn.Linear(width, 1), 1.0)
+        if self.box_dims:
+            self.box_mean = _ortho(nn.Linear(width, self.box_dims), 0.01)
+            self.box_log_std = nn.Parameter(torch.zeros(self.box_dims))  # state-independent log σ
 
-    def forward(self, obs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def features(self, obs: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output ⊕ extra inputs, ``[B, hidden + extra_dims]``."""
         x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
         h = self.encoder(x)
-        logits = list(torch.split(self.policy(h), self.action_heads, dim=-1))
-        return logits, self.value(h).squeeze(-1), self.cost_value(h).squeeze(-1)
+        if self.extra_dims:
+            if extra is None or extra.shape[-1] != self.extra_dims:
+                got = None if extra is None else tuple(extra.shape)
+                raise ValueError(f"PolicyNet expects {self.extra_dims} extra input columns, got {got}")
+            h = torch.cat([h, extra.to(h.dtype)], dim=-1)
+        return h
+
+    def heads(self, h: torch.Tensor) -> dict[str, Any]:
+        """Per-head logits, Box means (None without Box heads), value and cost value from core features."""
+        return {
+            "logits": list(torch.split(self.policy(h), self.action_heads, dim=-1)),
+            "mean": self.box_mean(h) if self.box_dims else None,
+            "value": self.value(h).squeeze(-1),
+            "cost_value": self.cost_value(h).squeeze(-1),
+        }
+
+    def step(
+        self, obs: torch.Tensor, extra: torch.Tensor | None = None, hidden: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """One step for ``B`` envs; with the GRU, ``hidden`` ``[B, hidden]`` (None = zeros) is the state before
+        the step and ``out["hidden"]`` the state after it."""
+        h = self.features(obs, extra)
+        new_hidden = None
+        if self.core is not None:
+            if hidden is None:
+                hidden = h.new_zeros(h.shape[0], self.core.hidden_size)
+            h = new_hidden = self.core(h, hidden.to(h.dtype))
+        out = self.heads(h)
+        out["hidden"] = new_hidden
+        return out
+
+    def sequence(
+        self,
+        obs: torch.Tensor,
+        extra: torch.Tensor | None,
+        hidden0: torch.Tensor,
+        done: torch.Tensor,
+        chunk_len: int,
+    ) -> dict[str, Any]:
+        """The GRU over whole chunks: ``obs`` ``[C·L, ...]`` (chunk-major), ``hidden0`` ``[C, hidden]`` (the
+        stored state at each chunk's start), ``done`` ``[C·L]``; the state is zeroed after a done step, as
+        in collection (rl_core.md §2). Returns the heads for every step, ``[C·L]`` rows."""
+        feats = self.features(obs, extra)
+        C, L = hidden0.shape[0], int(chunk_len)
+        feats = feats.reshape(C, L, feats.shape[-1])
+        keep = (1.0 - done.float()).reshape(C, L, 1).to(feats.dtype)
+        h, outs = hidden0.to(feats.dtype), []
+        for i in range(L):
+            h = self.core(feats[:, i], h)
+            outs.append(h)
+            h = h * keep[:, i]  # a new episode starts from a zero state
+        return self.heads(torch.stack(outs, dim=1).reshape(C * L, -1))
+
+    def forward(
+        self, obs: torch.Tensor, extra: torch.Tensor | None = None, hidden: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        out = self.step(obs, extra, hidden)
+        return out["logits"], out["value"], out["cost_value"]
 
 
 class PPOBase(pl.LightningModule):
@@ -99,8 +182,16 @@ class PPOBase(pl.LightningModule):
     Args:
         obs_shape: observation shape; None = from the datamodule.
         action_heads: options per discrete action head; None = from the datamodule.
+        action_box: continuous (Box) action dimensions after the discrete heads (a Gaussian each, with a
+            state-independent log-std; actions are ``[N, heads + box]`` floats, the env gets the Box part
+            clipped to [-1, 1] and the log-probability uses the unclipped sample); None = from the datamodule
+            (0 without one).
         encoder: ``mlp`` or ``convnet_simple``.
-        hidden: encoder width.
+        hidden: encoder width (and the GRU's).
+        recurrence: 0 = feed-forward (default); L > 0 = a GRU of width ``hidden`` after the encoder, trained
+            on chunks of L steps (rl_core.md §2: the buffer keeps the state at each chunk's start,
+            minibatches are whole chunks shuffled by chunk, the state is zeroed where an episode ended);
+            ``num_steps`` must be divisible by L and the number of chunks by ``num_minibatches``.
         clip_eps: PPO clip ε (0.2, CleanRL).
         clip_mode: ``standard`` [1−ε, 1+ε], ``unbiased`` [1/(1+ε), 1+ε] (Sample Factory) or ``asymmetric``.
         clip_eps_low: lower ε of ``asymmetric`` (None = clip_eps).
@@ -120,8 +211,10 @@ class PPOBase(pl.LightningModule):
         self,
         obs_shape: tuple[int, ...] | None = None,
         action_heads: tuple[int, ...] | None = None,
+        action_box: int | None = None,
         encoder: str = "mlp",
         hidden: int = 64,
+        recurrence: int = 0,
         clip_eps: float = 0.2,
         clip_mode: str = "standard",
         clip_eps_low: float | None = None,
@@ -141,17 +234,33 @@ class PPOBase(pl.LightningModule):
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         if adv_norm not in ADV_NORM_SCOPES:
             raise ValueError(f"adv_norm must be one of {ADV_NORM_SCOPES}, got {adv_norm!r}")
+        if int(recurrence) < 0:
+            raise ValueError(f"recurrence must be >= 0 (0 = feed-forward), got {recurrence}")
+        if action_box is not None and int(action_box) < 0:
+            raise ValueError(f"action_box must be >= 0, got {action_box}")
+        self.recurrence = int(recurrence)
         self.clip_lo, self.clip_hi = rl.clip_bounds(clip_eps, clip_mode, clip_eps_low, clip_eps_high)
         self.optimizer_factory = optimizer
         self.net: PolicyNet | None = None
         self.stop_updates = False
         self._rollout_adv_stats: tuple[int, torch.Tensor, torch.Tensor] | None = None
         if obs_shape is not None and action_heads is not None:
-            self._build(obs_shape, action_heads)
+            self._build(obs_shape, action_heads, int(action_box or 0))
 
     # ---------------------------------------------------------------- network
-    def _build(self, obs_shape: Sequence[int], action_heads: Sequence[int]) -> None:
-        self.net = PolicyNet(obs_shape, action_heads, self.hparams.encoder, self.hparams.hidden)
+    #: per-env policy-state entries kept only at the start of each recurrence chunk (the others every step)
+    chunk_state_keys: tuple[str, ...] = ("hidden",)
+
+    def extra_inputs(self) -> tuple[tuple[str, int], ...]:
+        """Named per-env inputs concatenated to the encoder output, ``((name, width), ...)`` (none here;
+        PPO-Sauté: ``(("safety", 1),)``). Collection keeps them in the policy state, the buffer stores them
+        and the minibatches carry them under the same names."""
+        return ()
+
+    def _build(self, obs_shape: Sequence[int], action_heads: Sequence[int], action_box: int = 0) -> None:
+        extra = sum(int(d) for _, d in self.extra_inputs())
+        self.net = PolicyNet(obs_shape, action_heads, self.hparams.encoder, self.hparams.hidden, extra_dims=extra,
+                             recurrent=self.recurrence > 0, box_dims=int(action_box))  # fmt: skip
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -160,18 +269,69 @@ class PPOBase(pl.LightningModule):
                 raise ValueError(f"{type(self).__name__} needs obs_shape and action_heads, or a RolloutDataModule")
             return
         shape, heads = tuple(dm.observation_shape), tuple(dm.action_heads)
+        box = int(getattr(dm, "action_box_dims", 0))
+        self.check_rollout_layout(dm)
         if self.net is None:
-            self.hparams.obs_shape, self.hparams.action_heads = shape, heads
-            self._build(shape, heads)
-        elif (tuple(self.hparams.obs_shape), tuple(self.hparams.action_heads)) != (shape, heads):
+            self.hparams.obs_shape, self.hparams.action_heads, self.hparams.action_box = shape, heads, box
+            self._build(shape, heads, box)
+        elif (tuple(self.hparams.obs_shape), tuple(self.hparams.action_heads), self.net.box_dims) != (shape, heads, box):
             raise ValueError(
-                f"{type(self).__name__} was built for observations {tuple(self.hparams.obs_shape)} and action heads "
-                f"{tuple(self.hparams.action_heads)}, but the datamodule gives {shape} and {heads}: "
-                f"set model.obs_shape={list(shape)} and model.action_heads={list(heads)} (or leave both null)"
+                f"{type(self).__name__} was built for observations {tuple(self.hparams.obs_shape)}, action heads "
+                f"{tuple(self.hparams.action_heads)} and {self.net.box_dims} Box dims, but the datamodule gives "
+                f"{shape}, {heads} and {box}: set model.obs_shape={list(shape)}, model.action_heads={list(heads)} and "
+                f"model.action_box={box} (or leave them null)"
             )
 
+    def check_rollout_layout(self, dm: Any) -> None:
+        """``num_steps`` divisible by ``recurrence`` and the chunk count by ``num_minibatches`` (ValueError)."""
+        L = self.recurrence
+        if L <= 0 or not hasattr(dm, "num_steps"):
+            return
+        if dm.num_steps % L:
+            raise ValueError(f"num_steps = {dm.num_steps} is not divisible by recurrence = {L}")
+        chunks = dm.num_steps // L * dm.num_envs
+        if chunks % dm.num_minibatches:
+            raise ValueError(f"the rollout's {chunks} chunks of {L} steps (num_envs*num_steps/recurrence) are not "
+                             f"divisible by num_minibatches = {dm.num_minibatches}")  # fmt: skip
+
     def forward(self, obs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        return self.net(obs)
+        out = self._step(obs, None)
+        return out["logits"], out["value"], out["cost_value"]
+
+    # ---------------------------------------------------------------- policy state (per env)
+    def initial_policy_state(self, n: int) -> dict[str, torch.Tensor]:
+        """The per-env state at an episode's start, CPU tensors ``[n, ...]``: the GRU state (zeros) when
+        recurrent, plus the subclass's extra inputs. A datamodule carries it across steps and rollouts."""
+        return {"hidden": torch.zeros(n, int(self.hparams.hidden))} if self.recurrence > 0 else {}
+
+    def advance(
+        self,
+        state: dict[str, torch.Tensor],
+        out: dict[str, torch.Tensor],
+        reward: torch.Tensor,
+        cost: torch.Tensor,
+        done: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """After an env step: the reward GAE sees and the next policy state (before the datamodule resets the
+        rows whose episode ended, ``done``, to :meth:`initial_policy_state`)."""
+        nxt = {"hidden": out["hidden"]} if self.recurrence > 0 else {}
+        return self.shape_reward(reward, cost), nxt
+
+    def _extra(self, src: dict[str, torch.Tensor] | None, n: int) -> torch.Tensor | None:
+        keys = self.extra_inputs()
+        if not keys:
+            return None
+        if src is None or any(k not in src for k, _ in keys):
+            src = {**self.initial_policy_state(n), **(src or {})}
+        return torch.cat([src[k].reshape(n, d).float() for k, d in keys], dim=-1).to(self.device)
+
+    def _step(self, obs: torch.Tensor, state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        n = obs.shape[0]
+        hidden = None
+        if self.recurrence > 0:
+            hidden = state["hidden"] if state is not None and "hidden" in state else None
+            hidden = None if hidden is None else hidden.to(self.device)
+        return self.net.step(obs, self._extra(state, n), hidden)
 
     # ---------------------------------------------------------------- ActorCritic protocol
     def _pad_index(self) -> tuple[torch.Tensor, int, int]:
@@ -188,21 +348,70 @@ class PPOBase(pl.LightningModule):
         return self._pad
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        logits, value, cost_value = self.net(obs)
+    def act(
+        self, obs: torch.Tensor, generator: torch.Generator, state: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Sample actions; ``state`` is the per-env policy state (None = :meth:`initial_policy_state`). Returns
+        ``action`` (``[N, heads]`` long, or ``[N, heads + box]`` float with Box heads: the unclipped Gaussian
+        sample), ``logp`` (summed over all heads), ``value``, ``cost_value`` and, when recurrent, ``hidden``
+        (the GRU state after the step, CPU)."""
+        out = self._step(obs, state)
         idx, n_heads, width = self._pad_index()
-        flat = torch.cat(logits, dim=-1).float().cpu()  # sampled on CPU so one CPU generator serves every device
+        flat = torch.cat(out["logits"], dim=-1).float().cpu()  # sampled on CPU: one CPU generator for every device
         flat = torch.cat([flat, flat.new_full((flat.shape[0], 1), -math.inf)], dim=-1)
         logp_all = torch.log_softmax(flat[:, idx].view(-1, n_heads, width), dim=-1)
         u = torch.rand(logp_all.shape, generator=generator).clamp_(1e-20, 1.0)
         action = torch.argmax(logp_all - torch.log(-torch.log(u)), dim=-1)  # Gumbel-max: a sample of each head
         logp = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1).sum(-1)
-        return {"action": action, "logp": logp, "value": value.float(), "cost_value": cost_value.float()}
+        if self.net.box_dims:
+            mean, log_std = out["mean"].float().cpu(), self.net.box_log_std.detach().float().cpu()
+            eps = torch.randn(mean.shape, generator=generator)
+            box = mean + log_std.exp() * eps  # stored unclipped; the env gets clip(box, -1, 1)
+            logp = logp + rl.gaussian_log_prob(mean, log_std, box)
+            action = torch.cat([action.float(), box], dim=-1)
+        res = {"action": action, "logp": logp, "value": out["value"].float(), "cost_value": out["cost_value"].float()}
+        if out["hidden"] is not None:
+            res["hidden"] = out["hidden"].float().cpu()
+        return res
 
     @torch.no_grad()
-    def values(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _, value, cost_value = self.net(obs)
-        return value.float(), cost_value.float()
+    def greedy_action(self, obs: torch.Tensor, state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The argmax of every discrete head (and the Box means), in :meth:`act`'s action layout."""
+        out = self._step(obs, state)
+        action = torch.stack([lg.argmax(dim=-1) for lg in out["logits"]], dim=-1)
+        if self.net.box_dims:
+            action = torch.cat([action.float(), out["mean"].float()], dim=-1)
+        return action
+
+    @torch.no_grad()
+    def values(
+        self, obs: torch.Tensor, state: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._step(obs, state)
+        return out["value"].float(), out["cost_value"].float()
+
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The policy on a minibatch (with gradients): ``logits``, ``value``, ``cost_value``, ``logp`` and
+        ``entropy`` (both summed over every head, Box heads included). Recurrent: the minibatch is whole
+        chunks (``batch["hidden"]`` holds each chunk's starting state) and the GRU is unrolled over them."""
+        obs = batch["obs"]
+        n = obs.shape[0]
+        extra = self._extra(batch, n)
+        if self.recurrence > 0:
+            done = (batch["terminated"] + batch["truncated"]).clamp(max=1)
+            out = self.net.sequence(obs, extra, batch["hidden"], done, self.recurrence)
+        else:
+            out = self.net.step(obs, extra)
+        actions = batch["actions"]
+        nd = len(out["logits"])
+        logp = rl.log_prob_heads(out["logits"], actions[:, :nd].long())
+        entropy = rl.categorical_entropy(out["logits"])
+        if self.net.box_dims:
+            log_std = self.net.box_log_std
+            logp = logp + rl.gaussian_log_prob(out["mean"], log_std, actions[:, nd:].to(out["mean"].dtype))
+            entropy = entropy + rl.gaussian_entropy(log_std, n)
+        out.update(logp=logp, entropy=entropy)
+        return out
 
     # ---------------------------------------------------------------- hooks for subclasses
     def shape_reward(self, reward: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
@@ -234,15 +443,15 @@ class PPOBase(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hp = self.hparams
-        logits, value, cost_value = self.net(batch["obs"])
-        logp = rl.log_prob_heads(logits, batch["actions"])
+        ev = self.evaluate(batch)
+        logits, value, cost_value, logp = ev["logits"], ev["value"], ev["cost_value"], ev["logp"]
         adv = self._normalise(self.policy_advantages(batch, batch_idx), batch)
         policy_loss = rl.clipped_surrogate(logp, batch["logp"], adv, self.clip_lo, self.clip_hi)  # rl_core.md §7
         v_old = batch["values"] if hp.value_clip is not None else None
         c_old = batch["cost_values"] if hp.value_clip is not None else None
         value_loss = rl.value_loss(value, batch["returns"], v_old, hp.value_clip)
         cost_value_loss = rl.value_loss(cost_value, batch["cost_returns"], c_old, hp.value_clip)
-        entropy = rl.categorical_entropy(logits).mean()
+        entropy = ev["entropy"].mean()
         loss = policy_loss + hp.vf_coef * (value_loss + cost_value_loss) - hp.ent_coef * entropy
         if hp.exploration_coef:
             loss = loss + hp.exploration_coef * rl.symmetric_kl_to_uniform(logits).mean()  # HASARD §3.4

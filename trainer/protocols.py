@@ -145,6 +145,9 @@ class ActorCritic(Protocol):
     ``action`` (``[N, H]`` long, one column per discrete head), ``logp`` ``[N]`` (summed over heads),
     ``value`` and ``cost_value`` ``[N]``; ``values(obs)`` returns ``(value, cost_value)`` (the cost
     value is zeros for a module without a cost critic). ``obs`` is the stacked env observation tensor.
+    A stateful module (GRU, PPO-Sauté; :class:`trainer.ppo.PPOBase`) also takes a per-env ``state`` dict as
+    a third argument of ``act`` and second of ``values`` (optional: None = its initial state); see
+    :mod:`trainer.rollout`. With Box heads ``action`` is ``[N, heads + box]`` float.
     """
 
     def act(self, obs: object, generator: object) -> dict:  # pragma: no cover - protocol

@@ -45,6 +45,8 @@ __all__ = [
     "global_advantage_stats",
     "categorical_entropy",
     "log_prob_heads",
+    "gaussian_log_prob",
+    "gaussian_entropy",
     "symmetric_kl_to_uniform",
     "approx_kl",
     "clip_fraction",
@@ -322,6 +324,29 @@ def log_prob_heads(logits_per_head: Sequence[Tensor], actions: Tensor) -> Tensor
         lp = torch.log_softmax(logits, dim=-1).gather(-1, actions[:, h : h + 1].long()).squeeze(-1)
         total = lp if total is None else total + lp
     return total
+
+
+def gaussian_log_prob(mean: Tensor, log_std: Tensor, x: Tensor) -> Tensor:
+    """Log-density of a diagonal Gaussian, summed over the last dimension (one term per Box head).
+
+    Args:
+        mean: ``[B, D]`` means.
+        log_std: ``[D]`` (state-independent) or ``[B, D]`` log standard deviations.
+        x: ``[B, D]`` samples (the unclipped ones: the env sees them clipped to the Box).
+
+    Returns:
+        ``[B]`` ``sum_d -(x_d - mu_d)^2 / (2 sigma_d^2) - log sigma_d - log(2 pi)/2``.
+    """
+    log_std = log_std.expand_as(mean)
+    z = (x - mean) * torch.exp(-log_std)
+    return (-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: Tensor, batch: int) -> Tensor:
+    """Entropy of a diagonal Gaussian with state-independent ``log_std`` ``[D]``, summed over D, for ``batch``
+    rows: ``sum_d (1 + log(2 pi))/2 + log sigma_d`` (nats), shape ``[batch]``."""
+    h = (0.5 * (1.0 + math.log(2 * math.pi)) + log_std).sum()
+    return h.expand(batch)
 
 
 def symmetric_kl_to_uniform(logits_per_head: Sequence[Tensor]) -> Tensor:

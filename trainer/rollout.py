@@ -20,6 +20,19 @@ The policy protocol (:class:`trainer.protocols.ActorCritic`): ``module.act(obs, 
 ``{"action": [N, H] long, "logp": [N], "value": [N], "cost_value": [N]}`` and
 ``module.values(obs)`` returns ``(value [N], cost_value [N])``; observations reach the module as the
 float32 / uint8 tensors the envs emit, stacked ``[N, ...]``.
+
+Stateful policies (optional, :class:`trainer.ppo.PPOBase` implements it): a module with
+``initial_policy_state(n)`` gets a per-env state dict (CPU tensors ``[N, ...]``: the GRU state ``hidden``,
+PPO-Sauté's safety state ``safety``, ...) as a third argument of ``act`` and second of ``values``; after
+each env step ``module.advance(state, out, reward, cost, done)`` returns the reward GAE sees and the next
+state, and the rows whose episode ended are reset to ``initial_policy_state`` (same-step autoreset: the
+new episode's first observation is seen with the fresh state). The state entering each step is stored in
+the buffer and reaches the minibatches under its own name; the keys the module lists in
+``chunk_state_keys`` are kept only at the start of every ``module.recurrence``-long chunk, and then the
+minibatches are whole chunks (shuffled by chunk, never by step; rl_core.md §2). The state is part of the
+datamodule's checkpoint with in-process envs, so resume stays exact. Actions of a
+``Tuple(MultiDiscrete, Box)`` space are ``[N, heads + box]`` floats; the env gets the head indices and
+the Box part clipped to the space's bounds (:func:`env_actions`).
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ __all__ = [
     "RolloutBuffer",
     "RolloutDataModule",
     "RolloutDataset",
+    "env_actions",
     "env_seed",
     "minibatch_permutation",
 ]
@@ -60,6 +74,21 @@ def minibatch_permutation(n: int, seed: int, rank: int, rollout_idx: int, epoch:
     digest = hashlib.sha256(f"{seed}/{rank}/{rollout_idx}/{epoch}".encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return torch.randperm(n, generator=g)
+
+
+def env_actions(space: Any, actions: np.ndarray) -> Any:
+    """The env-side actions of ``actions`` ``[N, columns]`` for an env with action space ``space``: a scalar
+    per env for ``Discrete``, the head indices for ``MultiDiscrete``, and for ``Tuple(MultiDiscrete, Box)``
+    one ``(head indices int64, Box values clipped to the space's bounds float32)`` pair per env."""
+    spaces = getattr(space, "spaces", None)
+    if isinstance(spaces, tuple) and len(spaces) == 2 and hasattr(spaces[1], "low"):
+        nd = len(np.asarray(spaces[0].nvec).ravel())
+        low, high = np.asarray(spaces[1].low, np.float32), np.asarray(spaces[1].high, np.float32)
+        return [(np.asarray(a[:nd]).astype(np.int64), np.clip(np.asarray(a[nd:], np.float32), low, high))
+                for a in actions]  # fmt: skip
+    if hasattr(space, "n") and not hasattr(space, "nvec"):
+        return actions[:, 0]
+    return actions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,11 +181,20 @@ class RolloutBuffer:
     KEYS = ("actions", "logp", "values", "cost_values", "rewards", "costs", "terminated", "truncated",
             "final_values", "final_cost_values")  # fmt: skip
 
-    def __init__(self, num_steps: int, num_envs: int, obs_shape: Sequence[int], obs_dtype: torch.dtype, n_heads: int):
+    def __init__(
+        self,
+        num_steps: int,
+        num_envs: int,
+        obs_shape: Sequence[int],
+        obs_dtype: torch.dtype,
+        n_heads: int,
+        action_dtype: torch.dtype = torch.long,
+    ):
         T, N = int(num_steps), int(num_envs)
         self.T, self.N = T, N
         self.obs = torch.zeros((T, N, *obs_shape), dtype=obs_dtype)
-        self.actions = torch.zeros((T, N, n_heads), dtype=torch.long)
+        self.actions = torch.zeros((T, N, n_heads), dtype=action_dtype)
+        self.inputs: dict[str, torch.Tensor] = {}  # the policy state entering each step, [T, N, ...]
         for name in self.KEYS[1:]:
             setattr(self, name, torch.zeros((T, N)))
         self.bootstrap = torch.zeros(N)
@@ -173,14 +211,37 @@ class RolloutBuffer:
         cadv, cret = gae(self.costs, self.cost_values, term, trunc, self.final_cost_values, self.cost_bootstrap, gamma, lam)
         return {"advantages": adv, "returns": ret, "cost_advantages": cadv, "cost_returns": cret}
 
-    def flat(self, extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``[T·N, ...]`` views of every stored field and of ``extra``."""
-        out = {"obs": self.obs.reshape(self.T * self.N, *self.obs.shape[2:])}
+    def store_inputs(self, t: int, envs: Sequence[int], state: dict[str, torch.Tensor]) -> None:
+        """Record the policy state ``state`` (rows = ``envs``) that entered step ``t``."""
+        for name, v in state.items():
+            if name not in self.inputs:
+                self.inputs[name] = torch.zeros((self.T, self.N, *v.shape[1:]), dtype=v.dtype)
+            self.inputs[name][t, envs] = v
+
+    def flat(
+        self, extra: dict[str, torch.Tensor], chunk_len: int = 1, chunk_keys: Sequence[str] = ()
+    ) -> dict[str, torch.Tensor]:
+        """``[T·N, ...]`` tensors of every stored field, of the stored policy inputs and of ``extra``, ordered
+        chunk by chunk: row ``(c·L + i)`` is step ``i`` of chunk ``c = (t // L)·N + env`` (``L = chunk_len``;
+        with ``L = 1`` the plain ``t·N + env`` order). Inputs named in ``chunk_keys`` keep only each chunk's
+        first step: ``[T·N / L, ...]``."""
+        T, N, L = self.T, self.N, int(chunk_len)
+        if T % L:
+            raise ValueError(f"num_steps = {T} is not divisible by the recurrence chunk length {L}")
+
+        def chunked(t: torch.Tensor) -> torch.Tensor:
+            rest = t.shape[2:]
+            if L == 1:
+                return t.reshape(T * N, *rest)
+            return t.reshape(T // L, L, N, *rest).transpose(1, 2).reshape(T * N, *rest)
+
+        out = {"obs": chunked(self.obs)}
         for name in self.KEYS:
-            t = getattr(self, name)
-            out[name] = t.reshape(self.T * self.N, *t.shape[2:])
+            out[name] = chunked(getattr(self, name))
+        for name, t in self.inputs.items():
+            out[name] = t[::L].reshape(T // L * N, *t.shape[2:]) if name in chunk_keys else chunked(t)
         for name, t in extra.items():
-            out[name] = t.reshape(self.T * self.N, *t.shape[2:])
+            out[name] = chunked(t)
         return out
 
 
@@ -206,7 +267,8 @@ class RolloutDataset(IterableDataset):
         dm = self.dm
         module = dm.trainer.lightning_module
         flat = dm.collect_rollout(module)
-        n = next(iter(flat.values())).shape[0]
+        L, chunk_keys = int(getattr(dm, "chunk_len", 1)), tuple(getattr(dm, "chunk_keys", ()))
+        n = flat["obs"].shape[0] // L  # units: steps (feed-forward) or chunks of L steps (recurrent)
         size = n // dm.num_minibatches
         _, rank = world_and_rank(dm.trainer)
         module.stop_updates = False
@@ -216,7 +278,8 @@ class RolloutDataset(IterableDataset):
                 if getattr(module, "stop_updates", False):
                     return
                 idx = perm[j * size : (j + 1) * size]
-                yield {k: v[idx] for k, v in flat.items()}
+                rows = idx if L == 1 else (idx[:, None] * L + torch.arange(L)).reshape(-1)  # whole chunks
+                yield {k: v[idx] if k in chunk_keys else v[rows] for k, v in flat.items()}
 
 
 class RolloutDataModule(pl.LightningDataModule):
@@ -290,6 +353,9 @@ class RolloutDataModule(pl.LightningDataModule):
         self.rollout_stats: dict[str, float] = {}
         self.exact_resume = True
         self._world, self._rank = 1, 0
+        self.policy_state: dict[str, torch.Tensor] | None = None  # per-env state of a stateful policy (CPU)
+        self.chunk_len = 1  # steps per minibatch unit of the last rollout (the module's recurrence, or 1)
+        self.chunk_keys: tuple[str, ...] = ()  # flat keys holding one row per chunk
 
     # ---------------------------------------------------------------- subclass interface
     def env_factory(self, k: int) -> Callable[[int], Any]:
@@ -310,13 +376,26 @@ class RolloutDataModule(pl.LightningDataModule):
 
     @property
     def action_heads(self) -> tuple[int, ...]:
-        """Options per discrete head (a ``Discrete(n)`` space is one head of ``n``)."""
+        """Options per discrete head (a ``Discrete(n)`` space is one head of ``n``; a
+        ``Tuple(MultiDiscrete, Box)`` space gives its MultiDiscrete heads)."""
         space = self._probe_env().action_space
+        spaces = getattr(space, "spaces", None)
+        if isinstance(spaces, tuple) and len(spaces) == 2 and hasattr(spaces[0], "nvec"):
+            space = spaces[0]
         if hasattr(space, "nvec"):
             return tuple(int(n) for n in np.asarray(space.nvec).ravel())
         if hasattr(space, "n"):
             return (int(space.n),)
-        raise ValueError(f"unsupported action space {space} (Discrete or MultiDiscrete expected)")
+        raise ValueError(f"unsupported action space {space} (Discrete, MultiDiscrete or Tuple(MultiDiscrete, Box) "
+                         f"expected)")  # fmt: skip
+
+    @property
+    def action_box_dims(self) -> int:
+        """Continuous action dimensions: the Box of a ``Tuple(MultiDiscrete, Box)`` space, else 0."""
+        spaces = getattr(self._probe_env().action_space, "spaces", None)
+        if isinstance(spaces, tuple) and len(spaces) == 2 and hasattr(spaces[1], "low"):
+            return int(np.prod(spaces[1].shape))
+        return 0
 
     def _probe_env(self) -> Any:
         if self.vec_env is not None:
@@ -336,9 +415,7 @@ class RolloutDataModule(pl.LightningDataModule):
         self.vec_env = self._make_vec_env(seeds)
         self.obs, _ = self.vec_env.reset()
         self.generator.manual_seed(self.seed * 1_000_003 + self._rank)
-        space = self.vec_env.single_action_space
-        # a Discrete space takes a scalar action; MultiDiscrete envs get the vector of head indices
-        self._scalar_actions = hasattr(space, "n") and not hasattr(space, "nvec")
+        self.policy_state = None
 
     def _make_vec_env(self, seeds: Sequence[int]) -> Any:
         fns = [self.env_factory(k) for k in range(self.num_envs)]
@@ -377,8 +454,27 @@ class RolloutDataModule(pl.LightningDataModule):
         module.eval()
         device = module.device
         T, N = self.num_steps, self.num_envs
+        # a stateful policy (GRU state, PPO-Sauté's z): its per-env state persists across steps and rollouts
+        stateful = hasattr(module, "initial_policy_state")
+        state: dict[str, torch.Tensor] = {}
+        if stateful:
+            fresh = module.initial_policy_state(N)
+            if self.policy_state is None or set(self.policy_state) != set(fresh) or any(
+                self.policy_state[k].shape != v.shape for k, v in fresh.items()
+            ):
+                self.policy_state = fresh
+            state = {k: v.clone() for k, v in self.policy_state.items()}
+        L = int(getattr(module, "recurrence", 0) or 0) or 1
+        if T % L:
+            raise ValueError(f"num_steps = {T} is not divisible by recurrence = {L}")
+        if (T // L * N) % self.num_minibatches:
+            raise ValueError(f"{T // L * N} chunks of {L} steps are not divisible by num_minibatches = "
+                             f"{self.num_minibatches}")  # fmt: skip
+        space = self.vec_env.single_action_space
+        box = self.action_box_dims
         obs_t = torch.as_tensor(self.obs)
-        buf = RolloutBuffer(T, N, obs_t.shape[1:], obs_t.dtype, len(self.action_heads))
+        buf = RolloutBuffer(T, N, obs_t.shape[1:], obs_t.dtype, len(self.action_heads) + box,
+                            torch.float32 if box else torch.long)  # fmt: skip
         episodes: list[dict[str, Any]] = []
         restarts0 = self.vec_env.restarts
         t0 = time.perf_counter()
@@ -388,11 +484,16 @@ class RolloutDataModule(pl.LightningDataModule):
         groups = [list(range(N // 2)), list(range(N // 2, N))] if overlap else [list(range(N))]
         obs = torch.as_tensor(self.obs).clone()
 
+        def rows(st: dict[str, torch.Tensor], idx: list[int]) -> dict[str, torch.Tensor]:
+            return {k: v[idx] for k, v in st.items()}
+
         def act(g: list[int]) -> dict[str, torch.Tensor]:
-            out = module.act(obs[g].to(device), self.generator)
+            if stateful:
+                out = module.act(obs[g].to(device), self.generator, rows(state, g))
+            else:
+                out = module.act(obs[g].to(device), self.generator)
             out["action"] = out["action"].cpu()
-            a = out["action"].numpy()
-            a = a[:, 0] if self._scalar_actions else a
+            a = env_actions(space, out["action"].numpy())
             if overlap:
                 self.vec_env.step_async(a, g)
             else:
@@ -405,22 +506,35 @@ class RolloutDataModule(pl.LightningDataModule):
                 out = outs[gi] if overlap else act(g)
                 nxt, rew, term, trunc, infos = self.vec_env.step_wait(g) if overlap else out.pop("result")
                 buf.obs[t, g] = obs[g]
-                buf.actions[t, g] = out["action"]
+                buf.actions[t, g] = out["action"].to(buf.actions.dtype)
                 buf.logp[t, g] = out["logp"].cpu()
                 buf.values[t, g] = out["value"].cpu()
                 buf.cost_values[t, g] = out["cost_value"].cpu()
                 cost = torch.as_tensor([i["cost"] for i in infos], dtype=torch.float32)
                 reward = torch.as_tensor(rew, dtype=torch.float32)
-                buf.rewards[t, g] = module.shape_reward(reward, cost) if hasattr(module, "shape_reward") else reward
+                done = torch.as_tensor(np.logical_or(term, trunc))
+                nxt_state: dict[str, torch.Tensor] = {}
+                if stateful:
+                    st_g = rows(state, g)
+                    buf.store_inputs(t, g, st_g)
+                    reward, nxt_state = module.advance(st_g, out, reward, cost, done)
+                elif hasattr(module, "shape_reward"):
+                    reward = module.shape_reward(reward, cost)
+                buf.rewards[t, g] = reward
                 buf.costs[t, g] = cost
                 buf.terminated[t, g] = torch.as_tensor(term, dtype=torch.float32)
                 buf.truncated[t, g] = torch.as_tensor(trunc, dtype=torch.float32)
                 ends = [i for i in range(len(g)) if trunc[i] and not term[i]]
-                if ends:  # V(final_obs) bootstraps a time limit (or a restart's break)
+                if ends:  # V(final_obs) bootstraps a time limit (or a restart's break), with the state after the step
                     fin = torch.as_tensor(np.stack([infos[i]["final_obs"] for i in ends])).to(device)
-                    v, cv = module.values(fin)
+                    v, cv = module.values(fin, rows(nxt_state, ends)) if stateful else module.values(fin)
                     buf.final_values[t, [g[i] for i in ends]] = v.cpu().float()
                     buf.final_cost_values[t, [g[i] for i in ends]] = cv.cpu().float()
+                if stateful:  # same-step autoreset: a new episode starts from the initial state
+                    init = module.initial_policy_state(len(g))
+                    for k in state:
+                        mask = done.reshape(-1, *([1] * (init[k].dim() - 1)))
+                        state[k][g] = torch.where(mask, init[k], nxt_state[k].cpu().to(state[k].dtype))
                 for info in infos:
                     if "episode" in info:
                         ep = dict(info["episode"])
@@ -431,7 +545,11 @@ class RolloutDataModule(pl.LightningDataModule):
                 if overlap and t < T - 1:
                     outs[gi] = act(g)
         self.obs = obs.numpy()
-        v, cv = module.values(torch.as_tensor(self.obs).to(device))
+        if stateful:
+            self.policy_state = state
+            v, cv = module.values(torch.as_tensor(self.obs).to(device), state)
+        else:
+            v, cv = module.values(torch.as_tensor(self.obs).to(device))
         buf.bootstrap, buf.cost_bootstrap = v.cpu().float(), cv.cpu().float()
         elapsed = time.perf_counter() - t0
         self.env_steps += T * N
@@ -446,7 +564,9 @@ class RolloutDataModule(pl.LightningDataModule):
         }
         module.train(was_training)
         extra = buf.advantages(self.gamma, self.gae_lambda, self.bootstrap_on_truncation)
-        return buf.flat(extra)
+        self.chunk_len = L
+        self.chunk_keys = tuple(k for k in state if k in getattr(module, "chunk_state_keys", ())) if L > 1 else ()
+        return buf.flat(extra, L, self.chunk_keys)
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -459,6 +579,8 @@ class RolloutDataModule(pl.LightningDataModule):
         if isinstance(self.vec_env, InProcessVecEnv):
             state["envs"] = self.vec_env.get_state()
             state["obs"] = torch.as_tensor(self.obs).clone()
+            if self.policy_state is not None:  # GRU state / safety state: part of the env state for exact resume
+                state["policy_state"] = {k: v.clone() for k, v in self.policy_state.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -469,12 +591,15 @@ class RolloutDataModule(pl.LightningDataModule):
             self.vec_env.set_state(state["envs"])
             self.obs = state["obs"].numpy().copy()
             self.exact_resume = bool(state.get("exact_resume", True))
+            ps = state.get("policy_state")
+            self.policy_state = None if ps is None else {k: v.clone() for k, v in ps.items()}
         elif self.vec_env is not None:
             # rl_core.md §5: an external env cannot be restored mid-episode: reset with a new seed
             seeds = [env_seed(self.seed, self._rank, k) + 1_000_003 * self.rollout_idx for k in range(self.num_envs)]
             self.vec_env.close()
             self.vec_env = self._make_vec_env(seeds)
             self.obs, _ = self.vec_env.reset()
+            self.policy_state = None  # fresh episodes start from the initial policy state
             self.exact_resume = False
             warnings.warn(f"{type(self).__name__}: environments cannot be restored mid-episode; "
                           f"they were reset with new seeds (exact_resume=False)", stacklevel=2)  # fmt: skip
