@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     lava = [j for j in jobs if j[0] == "lava"]
     rows = list(run_in_workers(run_job, lava, args.workers)) if args.workers > 1 else [run_job(j) for j in lava]
     rows += [run_job(j) for j in doom]
+    for r in sorted(rows, key=lambda r: (r["env"], r["algo"], r["seed"])):
+        print(f"  {r['env']:12s} {r['algo']:9s} seed {r['seed']}: reward {r['reward']:.3f} cost {r['cost']:.3f} "
+              f"lambda {r['lambda']:.3f} ({r['episodes']} episodes, {r['sec']:.0f} s)")  # fmt: skip
     print(f"\n| env | algo | env steps | ep reward (last 20) | ep cost (last 20) | budget | cost / budget | final λ | wall-clock s |")
     print("|---|---|---|---|---|---|---|---|---|")
     summary: list[dict[str, Any]] = []

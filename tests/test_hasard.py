@@ -28,11 +28,13 @@ def _tiny(**kw) -> SafePPO:
 
 
 class _ScriptedEnv(gym.Env):
-    """obs = [step index within the episode]; the episode is truncated after 3 steps; cost 1 at step 2."""
+    """obs = [step index within the episode], reward 1; truncated after ``horizon`` steps; cost ``cost`` every
+    step, or (None) 1 at step 2 only."""
 
-    def __init__(self) -> None:
+    def __init__(self, horizon: int = 3, cost: float | None = None) -> None:
         self.observation_space = gym.spaces.Box(0, 10, (1,), np.float32)
         self.action_space = gym.spaces.Discrete(2)
+        self.horizon, self.cost = horizon, cost
         self.t = 0
 
     def reset(self, *, seed=None, options=None):
@@ -41,7 +43,8 @@ class _ScriptedEnv(gym.Env):
 
     def step(self, action):
         self.t += 1
-        return np.array([float(self.t)], np.float32), 1.0, False, self.t >= 3, {"cost": float(self.t == 2)}
+        cost = float(self.t == 2) if self.cost is None else self.cost
+        return np.array([float(self.t)], np.float32), 1.0, False, self.t >= self.horizon, {"cost": cost}
 
 
 class _ScriptedDM(RolloutDataModule):
@@ -289,28 +292,11 @@ def test_vectorised_sampler_draws_each_head_from_its_softmax():
 # ----------------------------------------------------------------------------------------------
 
 
-class _CostlyEnv(gym.Env):
-    """obs = [step index]; reward 1, cost 0.4 every step; truncated after 4 steps."""
-
-    def __init__(self) -> None:
-        self.observation_space = gym.spaces.Box(0, 10, (1,), np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.t = 0
-
-    def reset(self, *, seed=None, options=None):
-        self.t = 0
-        return np.array([0.0], np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        return np.array([float(self.t)], np.float32), 1.0, False, self.t >= 4, {"cost": 0.4}
-
-
 class _CostlyDM(RolloutDataModule):
     default_unsafe_reward = -5.0
 
     def env_factory(self, k):
-        return lambda seed: _CostlyEnv()
+        return lambda seed: _ScriptedEnv(horizon=4, cost=0.4)  # reward 1, cost 0.4 every step
 
     @property
     def max_episode_steps(self) -> int:
