@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in sorted(rows, key=lambda r: (r["env"], r["algo"], r["seed"])):
         print(f"  {r['env']:12s} {r['algo']:9s} seed {r['seed']}: reward {r['reward']:.3f} cost {r['cost']:.3f} "
               f"lambda {r['lambda']:.3f} ({r['episodes']} episodes, {r['sec']:.0f} s)")  # fmt: skip
-    print(f"\n| env | algo | env steps | ep reward (last 20) | ep cost (last 20) | budget | cost / budget | final λ | wall-clock s |")
+    print("\n| env | algo | env steps | ep reward (last 20) | ep cost (last 20) | budget | cost / budget | final λ | wall-clock s |")
     print("|---|---|---|---|---|---|---|---|---|")
     summary: list[dict[str, Any]] = []
     for e in args.envs:

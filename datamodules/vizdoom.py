@@ -1277,13 +1277,7 @@ class HasardDataModule(RolloutDataModule):
         if level != self.active_level:  # curriculum switch: rebuild the games on the next level
             self.active_level = level
             if self.vec_env is not None:
-                self.vec_env.close()
-                from trainer.rollout import env_seed
-
-                seeds = [env_seed(self.seed, self._rank, k) + 1_000_003 * self.rollout_idx for k in range(self.num_envs)]
-                self.vec_env = self._make_vec_env(seeds)
-                self.obs, _ = self.vec_env.reset()
-                self.policy_state = None  # new episodes: initial GRU / safety state
+                self.restart_envs()
         stats = super().collect_rollout(module)
         self.rollout_stats["level"] = float(self.active_level)
         return stats

@@ -417,6 +417,15 @@ class RolloutDataModule(pl.LightningDataModule):
         self.generator.manual_seed(self.seed * 1_000_003 + self._rank)
         self.policy_state = None
 
+    def restart_envs(self) -> None:
+        """Close the envs and start fresh ones on new episodes, seeded ``seed + 10_000·r + k + 1_000_003·rollout_idx``
+        (rl_core.md §5; used on a resume of external envs and by a curriculum switch)."""
+        seeds = [env_seed(self.seed, self._rank, k) + 1_000_003 * self.rollout_idx for k in range(self.num_envs)]
+        self.vec_env.close()
+        self.vec_env = self._make_vec_env(seeds)
+        self.obs, _ = self.vec_env.reset()
+        self.policy_state = None  # fresh episodes start from the initial policy state
+
     def _make_vec_env(self, seeds: Sequence[int]) -> Any:
         fns = [self.env_factory(k) for k in range(self.num_envs)]
         if self.vector_backend == "subprocess":
@@ -595,11 +604,7 @@ class RolloutDataModule(pl.LightningDataModule):
             self.policy_state = None if ps is None else {k: v.clone() for k, v in ps.items()}
         elif self.vec_env is not None:
             # rl_core.md §5: an external env cannot be restored mid-episode: reset with a new seed
-            seeds = [env_seed(self.seed, self._rank, k) + 1_000_003 * self.rollout_idx for k in range(self.num_envs)]
-            self.vec_env.close()
-            self.vec_env = self._make_vec_env(seeds)
-            self.obs, _ = self.vec_env.reset()
-            self.policy_state = None  # fresh episodes start from the initial policy state
+            self.restart_envs()
             self.exact_resume = False
             warnings.warn(f"{type(self).__name__}: environments cannot be restored mid-episode; "
                           f"they were reset with new seeds (exact_resume=False)", stacklevel=2)  # fmt: skip

@@ -137,9 +137,10 @@ def _rows(X: np.ndarray, feature_names: Sequence[str]) -> list[dict[str, float]]
 _HALF_LOG_TAU = 0.5 * math.log(math.tau)
 
 
-def _ht_batch_plan(model: Any) -> Any:
-    """The root of a river ``HoeffdingTreeClassifier`` whose every node the batch predictor below reproduces
-    (numeric binary branches; majority-class, naive-Bayes or adaptive leaves; Gaussian splitters), else None."""
+def _ht_batch_plan(model: Any) -> tuple[Any, set[str]] | None:
+    """``(root, features its branches test)`` of a river ``HoeffdingTreeClassifier`` whose every node the batch
+    predictor below reproduces (numeric binary branches; majority-class, naive-Bayes or adaptive leaves;
+    Gaussian splitters), else None."""
     from river.tree.hoeffding_tree_classifier import HoeffdingTreeClassifier
     from river.tree.nodes.branch import NumericBinaryBranch
     from river.tree.nodes.htc_nodes import LeafMajorityClass, LeafNaiveBayes, LeafNaiveBayesAdaptive
@@ -147,32 +148,23 @@ def _ht_batch_plan(model: Any) -> Any:
 
     if type(model) is not HoeffdingTreeClassifier or model._root is None:
         return None
-    stack = [model._root]
+    stack, features = [model._root], set()
     while stack:
         node = stack.pop()
         if type(node) is NumericBinaryBranch:
+            features.add(node.feature)
             stack.extend(node.children)
         elif type(node) in (LeafMajorityClass, LeafNaiveBayes, LeafNaiveBayesAdaptive):
             if node.splitters and any(type(s) is not GaussianSplitter for s in node.splitters.values()):
                 return None
         else:
             return None
-    return model._root
-
-
-def _tree_features(root: Any) -> set[str]:
-    """Features a tree's branches test (a row lacking one would take river's most-common path instead)."""
-    out, stack = set(), [root]
-    while stack:
-        node = stack.pop()
-        if hasattr(node, "feature") and hasattr(node, "children"):
-            out.add(node.feature)
-            stack.extend(node.children)
-    return out
+    return model._root, features
 
 
 def _leaf_proba(leaf: Any, tree: Any, X: np.ndarray, col: Mapping[str, int], classes: Sequence[int]) -> np.ndarray:
-    """River's ``leaf.prediction`` for every row of ``X`` at once, term for term (same order of sums)."""
+    """River's ``leaf.prediction`` for every row of ``X`` at once (the same terms; sums vectorised, so equal to
+    rounding)."""
     from river.tree.nodes.htc_nodes import LeafNaiveBayes, LeafNaiveBayesAdaptive
 
     out = np.zeros((len(X), len(classes)))
@@ -246,9 +238,9 @@ def predict_proba_rows(model: Any, X: np.ndarray, feature_names: Sequence[str], 
     that has seen nothing gives uniform probabilities). A river Hoeffding tree made of the node types it
     grows on numeric features is evaluated on the whole batch at once (``_ht_predict_proba_batch``)."""
     X = np.asarray(X, dtype=np.float64)
-    root = _ht_batch_plan(model)
-    if root is not None and len(X) and set(feature_names) >= set(_tree_features(root)):
-        return _ht_predict_proba_batch(root, model, X, feature_names, classes)
+    plan = _ht_batch_plan(model)  # a row lacking a tested feature would take river's most-common path: per row
+    if plan is not None and len(X) and set(feature_names) >= plan[1]:
+        return _ht_predict_proba_batch(plan[0], model, X, feature_names, classes)
     out = np.zeros((len(X), len(classes)))
     col = {c: j for j, c in enumerate(classes)}
     for i, x in enumerate(_rows(X, feature_names)):
