@@ -1,7 +1,7 @@
 """HASARD throughput (hasard.md §2, rl_core.md §10): env steps per second of training vs the raw env loop.
 
-    python benchmarks/hasard_speed.py [--scenarios remedy_rush ...|all] [--num-envs 2] [--steps 4096]
-                                      [--setting mini|paper]
+    python benchmarks/hasard_speed.py [--scenarios remedy_rush ...|all] [--num-envs 8] [--steps 4096]
+                                      [--setting paper|mini] [--precision bf16-mixed 32-true] [--repeats 3]
 
 For each scenario:
 
@@ -12,10 +12,17 @@ For each scenario:
   env steps over the wall time of ``trainer.fit`` after the first rollout (process start-up excluded),
   i.e. collection with the live policy **plus** the update passes.
 
-``--setting mini``: the CPU miniature (64×36 grayscale, FC 256, 2×128 steps, 4 epochs × 4 minibatches,
-``yaml/hasard/mini_remedy_rush_*.yaml``); ``paper``: the authors' shape (128×72 RGB, FC 512, 32-step
-rollouts, 1 epoch × 1 minibatch; hasard.md §3.4). Ends with
-``RESULT train_sps=<x> raw_sps=<y> ratio=<x/y>`` for the first scenario's simplified action space.
+``--setting paper`` (default): the authors' shape (128×72 RGB, FC 512, 32-step rollouts, 1 epoch × 1
+minibatch; hasard.md §3.4); ``mini``: the CPU miniature (64×36 grayscale, FC 256, 128-step rollouts,
+4 epochs × 4 minibatches, ``yaml/hasard/mini_remedy_rush_*.yaml``). ``--precision`` lists the trainer
+precisions to measure (``bf16-mixed``, the ``yaml/_base/trainer/cpu_bf16.yaml`` preset, autocasts collection
+and update alike; ``32-true`` is Lightning's default). The datamodule's defaults give the policy one torch
+thread during collection (the games own the cores) and all cores during the update.
+
+A shared machine's speed drifts by tens of percent within minutes, so ``raw vec`` and ``train`` are
+measured ``--repeats`` times in alternation and each ratio is taken from neighbouring measurements; the
+table shows medians. Ends with ``RESULT train_sps=<x> raw_sps=<y> ratio=<median ratio>`` for the first
+scenario, action space and precision, followed by ``ratio_<precision>=`` for every precision measured.
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ def raw_vec_sps(scenario: str, num_envs: int, steps: int, env_kwargs: dict) -> f
         venv.close()
 
 
-def train_sps(scenario: str, num_envs: int, steps: int, setting: dict, env_kwargs: dict, space: str) -> float:
+def train_sps(scenario: str, num_envs: int, steps: int, setting: dict, env_kwargs: dict, space: str,
+              precision: str = "32-true") -> float:
     import lightning.pytorch as pl
     import torch
 
@@ -64,7 +72,6 @@ def train_sps(scenario: str, num_envs: int, steps: int, setting: dict, env_kwarg
     from tests.toy import quiet_trainer
     from trainer.ppo import PPOAdam
 
-    torch.set_num_threads(1)
     per_rollout = num_envs * setting["num_steps"]
     dm = HasardDataModule(scenario=scenario, num_envs=num_envs, num_steps=setting["num_steps"],
                           update_epochs=setting["update_epochs"], num_minibatches=setting["num_minibatches"],
@@ -77,9 +84,23 @@ def train_sps(scenario: str, num_envs: int, steps: int, setting: dict, env_kwarg
         def on_train_epoch_end(self, trainer, pl_module):
             marks.append((time.perf_counter(), trainer.datamodule.env_steps))
 
-    quiet_trainer([Clock()], max_epochs=-1).fit(model, datamodule=dm)
+    quiet_trainer([Clock()], max_epochs=-1, precision=precision).fit(model, datamodule=dm)
     (t0, s0), (t1, s1) = marks[0], marks[-1]
     return (s1 - s0) / (t1 - t0)
+
+
+def measure(sc: str, space: str, precision: str, args: argparse.Namespace, setting: dict,
+            env_kwargs: dict) -> dict[str, float]:
+    """Medians over ``args.repeats`` alternating raw / train measurements (ratio from each pair)."""
+    from statistics import median
+
+    raws, trains, ratios = [], [], []
+    for _ in range(args.repeats):
+        vec = raw_vec_sps(sc, args.num_envs, args.steps, {"action_space": space, **env_kwargs})
+        tr = train_sps(sc, args.num_envs, args.steps, setting, env_kwargs, space, precision)
+        raws.append(vec), trains.append(tr), ratios.append(tr / vec)
+    return {"raw": median(raws), "train": median(trains), "ratio": median(ratios),
+            "lo": min(ratios), "hi": max(ratios)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,27 +109,37 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", nargs="+", default=["remedy_rush"])
-    ap.add_argument("--num-envs", type=int, default=2)
+    ap.add_argument("--num-envs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=4096, help="env steps per measurement")
-    ap.add_argument("--setting", choices=sorted(SETTINGS), default="mini")
+    ap.add_argument("--setting", choices=sorted(SETTINGS), default="paper")
+    ap.add_argument("--precision", nargs="+", default=["bf16-mixed", "32-true"],
+                    help="trainer precisions to measure (bf16-mixed, 32-true)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating raw/train measurements per row")
+    ap.add_argument("--spaces", nargs="+", default=["simplified", "full"], choices=["simplified", "full"])
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.num_envs < 1 or args.steps < 1:
+        ap.error("--repeats, --num-envs and --steps must be >= 1")
     scenarios = list(SCENARIOS) if args.scenarios == ["all"] else args.scenarios
     setting = SETTINGS[args.setting]
     env_kwargs = {k: setting[k] for k in ("width", "height", "grayscale")}
     rows = []
-    print(f"setting {args.setting}: {setting}, {args.num_envs} envs, {args.steps} steps per measurement")
-    print(f"{'scenario':20s} {'actions':10s} {'raw 1 env':>10s} {'raw vec':>10s} {'train':>10s} {'train/raw':>9s}")
+    print(f"setting {args.setting}: {setting}, {args.num_envs} envs, {args.steps} steps per measurement, "
+          f"{args.repeats} alternating repeats (medians)")  # fmt: skip
+    print(f"{'scenario':20s} {'actions':10s} {'precision':10s} {'raw 1 env':>10s} {'raw vec':>10s} {'train':>10s} "
+          f"{'train/raw':>9s} {'range':>11s}")  # fmt: skip
     for sc in scenarios:
-        for space in ("simplified", "full"):
+        for space in args.spaces:
             one = raw_env_steps_per_second(sc, 1, 1, args.steps // 2, space, 0, **env_kwargs)
-            vec = raw_vec_sps(sc, args.num_envs, args.steps, {"action_space": space, **env_kwargs})
-            tr = train_sps(sc, args.num_envs, args.steps, setting, env_kwargs, space)
-            if space == "simplified":
-                rows.append((sc, tr, vec))
-            print(f"{sc:20s} {space:10s} {one:10,.0f} {vec:10,.0f} {tr:10,.0f} {tr / vec:9.2f}", flush=True)
-    sc, tr, vec = rows[0]
-    print(f"RESULT train_sps={tr:.0f} raw_sps={vec:.0f} ratio={tr / vec:.3f} scenario={sc} setting={args.setting} "
-          f"num_envs={args.num_envs}")  # fmt: skip
+            for prec in args.precision:
+                m = measure(sc, space, prec, args, setting, env_kwargs)
+                rows.append((sc, space, prec, m))
+                print(f"{sc:20s} {space:10s} {prec:10s} {one:10,.0f} {m['raw']:10,.0f} {m['train']:10,.0f} "
+                      f"{m['ratio']:9.2f} {m['lo']:5.2f}–{m['hi']:4.2f}", flush=True)  # fmt: skip
+    sc, space, prec, m = rows[0]
+    per_prec = " ".join(f"ratio_{p.replace('-', '_')}={r['ratio']:.3f}" for s_, a_, p, r in rows
+                        if (s_, a_) == (sc, space))  # fmt: skip
+    print(f"RESULT train_sps={m['train']:.0f} raw_sps={m['raw']:.0f} ratio={m['ratio']:.3f} {per_prec} scenario={sc} "
+          f"actions={space} setting={args.setting} num_envs={args.num_envs} precision={prec}")  # fmt: skip
     return 0
 
 

@@ -136,6 +136,8 @@ class LavaGridDataModule(RolloutDataModule):
         gamma: discount (0.99).
         gae_lambda: GAE λ (0.95).
         seed: env and sampling seed.
+        collect_threads: torch threads of the policy during collection (1).
+        update_threads: torch threads of the update (``auto``: torch's setting for these in-process envs).
     """
 
     #: heatmap box [x_min, y_min, x_max, y_max] and bins on the longer axis (NavigationHeatmapCallback)
@@ -155,8 +157,11 @@ class LavaGridDataModule(RolloutDataModule):
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         seed: int = 0,
+        collect_threads: int | None = 1,
+        update_threads: int | str | None = "auto",
     ) -> None:
-        super().__init__(num_envs, num_steps, update_epochs, num_minibatches, total_env_steps, gamma, gae_lambda, seed)
+        super().__init__(num_envs, num_steps, update_epochs, num_minibatches, total_env_steps, gamma, gae_lambda, seed,
+                         collect_threads=collect_threads, update_threads=update_threads)  # fmt: skip
         LavaGridEnv(size, max_steps, start)  # validate now, not in setup
         self.size, self.max_steps, self.start = int(size), int(max_steps), start
         self.heatmap_box = (0.0, 0.0, float(size), float(size))

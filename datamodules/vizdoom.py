@@ -1160,6 +1160,8 @@ class HasardDataModule(RolloutDataModule):
         seed: env and sampling seed.
         step_timeout_s: a game step slower than this is a failure (60).
         max_consecutive_restarts: failures of one game in a row before the run stops (5).
+        collect_threads: torch threads of the policy during collection (1: the games own the cores).
+        update_threads: torch threads of the update passes (``auto``: the cores per rank; the games wait then).
     """
 
     def __init__(
@@ -1187,9 +1189,11 @@ class HasardDataModule(RolloutDataModule):
         seed: int = 0,
         step_timeout_s: float = 60.0,
         max_consecutive_restarts: int = 5,
+        collect_threads: int | None = 1,
+        update_threads: int | str | None = "auto",
     ) -> None:
         super().__init__(num_envs, num_steps, update_epochs, num_minibatches, total_env_steps, gamma, gae_lambda, seed,
-                         True, step_timeout_s, max_consecutive_restarts)  # fmt: skip
+                         True, step_timeout_s, max_consecutive_restarts, collect_threads, update_threads)  # fmt: skip
         if vector_backend not in ("subprocess", "inprocess"):
             raise ValueError(f"vector_backend must be 'subprocess' or 'inprocess', got {vector_backend!r}")
         self.curriculum = tuple(int(x) for x in curriculum) if curriculum else None

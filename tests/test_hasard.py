@@ -393,6 +393,76 @@ def test_training_forward_reproduces_the_collected_values(algo, recurrence):
             assert b["hidden"].shape == (b["obs"].shape[0] // recurrence, 16)
 
 
+@pytest.mark.parametrize("encoder,shape", [("convnet_simple", (3, 36, 64)), ("mlp", (10,))])
+def test_rollout_precision_copy_gives_the_autocast_numbers(encoder, shape):
+    """Under bf16-mixed a feed-forward policy collects with a copy whose conv/linear weights are cast once: the
+    same bits as autocast op by op; the copy follows weight updates and stays out of the checkpoint."""
+    m = _tiny(algo="ppo_lag", encoder=encoder, obs_shape=list(shape), action_heads=[3, 3, 2], cost_budget=1.0)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randint(0, 255, (5, *shape), generator=g, dtype=torch.uint8) if encoder != "mlp"
+         else torch.randn(5, *shape, generator=g))  # fmt: skip
+    for _ in range(2):
+        with torch.no_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+                ref = m._step(x, None)
+            with m.rollout_precision("bf16-mixed"):
+                assert m._rollout_net is not None and m._rollout_net is not m.net
+                got = m._step(x, None)
+        assert m._rollout_net is None
+        assert got["value"].dtype == torch.bfloat16
+        assert torch.equal(ref["value"], got["value"]) and torch.equal(ref["cost_value"], got["cost_value"])
+        assert all(torch.equal(a, b) for a, b in zip(ref["logits"], got["logits"]))
+        with torch.no_grad():  # an "update": the next rollout's copy must follow it
+            for p in m.net.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    assert not any("rollout" in k for k in m.state_dict())
+    with m.rollout_precision("32-true"):  # full precision: the module's own net
+        assert m._rollout_net is None and torch.equal(m._step(x, None)["value"], m.net.step(x)["value"])
+
+
+@pytest.mark.parametrize("recurrence", [0, 4])
+def test_bf16_mixed_collection_matches_the_autocast_update(recurrence):
+    """The first minibatch's ratio is 1 to bf16 rounding when collection runs in the trainer's precision
+    (cast-once copy, or autocast for the GRU); a float32 collection would be off by bf16's error."""
+    dm = _setup_dm(LavaGridDataModule(max_steps=5, num_envs=2, num_steps=16, update_epochs=1, num_minibatches=2))
+    m = _tiny(algo="ppo_lag", recurrence=recurrence, cost_budget=0.5)
+    _fake_trainer(dm, m)
+    dm.trainer.precision = "bf16-mixed"
+    for b in RolloutDataset(dm):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            ev = m.evaluate(b)
+        with torch.no_grad():
+            full = m.evaluate(b)
+        err, err32 = (ev["logp"].float() - b["logp"]).abs().max(), (full["logp"] - b["logp"]).abs().max()
+        assert err <= 1e-2, err
+        assert torch.allclose(ev["value"].float(), b["values"], atol=1e-2)
+        assert err32 > 0  # the stored numbers are bf16's, not float32's
+
+
+def test_collection_and_update_threads():
+    """One torch thread while the games run, the cores per rank during the update (subprocess backend)."""
+    dm = LavaGridDataModule(num_envs=2, num_steps=8)
+    assert (dm.threads_for("collect"), dm.threads_for("update")) == (1, None)  # in-process envs: torch's own
+    dm.vector_backend = "subprocess"
+    dm.trainer = type("T", (), {"world_size": 2, "num_nodes": 1})()
+    cores = len(os.sched_getaffinity(0))
+    assert dm.threads_for("update") == max(1, cores // 2)
+    assert LavaGridDataModule(update_threads=3, collect_threads=None).threads_for("update") == 3
+    for bad in ({"update_threads": 0}, {"update_threads": "all"}, {"collect_threads": "auto"}, {"collect_threads": 0}):
+        with pytest.raises(ValueError, match="threads"):
+            LavaGridDataModule(**bad)
+    before = torch.get_num_threads()
+    dm = _setup_dm(LavaGridDataModule(num_envs=2, num_steps=8, update_epochs=1, num_minibatches=1,
+                                      collect_threads=1, update_threads=2))  # fmt: skip
+    _fake_trainer(dm, _tiny(algo="ppo", cost_budget=0.5))
+    try:
+        it = iter(RolloutDataset(dm))
+        next(it)
+        assert torch.get_num_threads() == 2  # the update passes
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_recurrence_layout_errors_and_policy_state_resume():
     with pytest.raises(ValueError, match="divisible by recurrence"):
         _tiny(recurrence=5).check_rollout_layout(LavaGridDataModule(num_envs=2, num_steps=16, num_minibatches=2))

@@ -20,8 +20,10 @@ gain 0.01, values 1). Stateful policies (GRU state, extra inputs) follow the pro
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import lightning.pytorch as pl
@@ -81,6 +83,8 @@ class PolicyNet(nn.Module):
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         self.action_heads = tuple(int(h) for h in action_heads)
         self.extra_dims, self.box_dims, self.recurrent = int(extra_dims), int(box_dims), bool(recurrent)
+        #: dtype the encoder input is cast to (None = float32); set on :meth:`PPOBase.rollout_precision`'s copy
+        self.compute_dtype: torch.dtype | None = None
         obs_shape = tuple(int(s) for s in obs_shape)
         if encoder == "mlp":
             self.encoder = nn.Sequential(
@@ -112,6 +116,8 @@ class PolicyNet(nn.Module):
     def features(self, obs: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output ⊕ extra inputs, ``[B, hidden + extra_dims]``."""
         x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)  # what autocast does to a conv / linear input
         h = self.encoder(x)
         if self.extra_dims:
             if extra is None or extra.shape[-1] != self.extra_dims:
@@ -242,6 +248,8 @@ class PPOBase(pl.LightningModule):
         self.clip_lo, self.clip_hi = rl.clip_bounds(clip_eps, clip_mode, clip_eps_low, clip_eps_high)
         self.optimizer_factory = optimizer
         self.net: PolicyNet | None = None
+        self._rollout_net: PolicyNet | None = None  # the policy collection runs (rollout_precision), else self.net
+        self.__dict__["_rollout_copy"] = None  # cached low-precision copy (kept out of the module tree)
         self.stop_updates = False
         self._rollout_adv_stats: tuple[int, torch.Tensor, torch.Tensor] | None = None
         if obs_shape is not None and action_heads is not None:
@@ -331,7 +339,47 @@ class PPOBase(pl.LightningModule):
         if self.recurrence > 0:
             hidden = state["hidden"] if state is not None and "hidden" in state else None
             hidden = None if hidden is None else hidden.to(self.device)
-        return self.net.step(obs, self._extra(state, n), hidden)
+        return (self._rollout_net or self.net).step(obs, self._extra(state, n), hidden)
+
+    #: autocast dtypes of Lightning's mixed precisions
+    MIXED_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+    @contextmanager
+    def rollout_precision(self, precision: str | None) -> Iterator[None]:
+        """Run :meth:`act` / :meth:`values` in the trainer's precision during one rollout.
+
+        Under ``bf16-mixed`` / ``16-mixed`` a feed-forward policy is copied once per rollout with its conv and
+        linear weights cast to the autocast dtype: the numbers autocast would produce op by op (the update
+        runs under autocast), without casting the weights again at every env step. Recurrent policies run under
+        the same autocast as the update; other precisions as they are."""
+        dtype = self.MIXED_DTYPES.get(str(precision))
+        if dtype is None or self.net is None or self.net.recurrent:
+            # Lightning's MixedPrecision.forward_context: autocast without the weight cache
+            ctx = nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
+            with ctx:
+                yield
+            return
+        self._rollout_net = self._low_precision_copy(dtype)
+        try:
+            yield
+        finally:
+            self._rollout_net = None
+
+    def _low_precision_copy(self, dtype: torch.dtype) -> PolicyNet:
+        """``self.net`` with every Conv2d / Linear weight and bias in ``dtype`` (cached; refreshed in place)."""
+        cached = self.__dict__.get("_rollout_copy")
+        src = dict(self.net.named_parameters())
+        if cached is None or cached.compute_dtype != dtype or next(cached.parameters()).device != self.device:
+            cached = copy.deepcopy(self.net).requires_grad_(False).eval()
+            for m in cached.modules():
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    m.to(dtype)
+            cached.compute_dtype = dtype
+            self.__dict__["_rollout_copy"] = cached
+        with torch.no_grad():
+            for name, p in cached.named_parameters():
+                p.copy_(src[name])
+        return cached
 
     # ---------------------------------------------------------------- ActorCritic protocol
     def _pad_index(self) -> tuple[torch.Tensor, int, int]:

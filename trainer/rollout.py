@@ -38,10 +38,12 @@ the Box part clipped to the space's bounds (:func:`env_actions`).
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import lightning.pytorch as pl
@@ -211,7 +213,7 @@ class RolloutBuffer:
         cadv, cret = gae(self.costs, self.cost_values, term, trunc, self.final_cost_values, self.cost_bootstrap, gamma, lam)
         return {"advantages": adv, "returns": ret, "cost_advantages": cadv, "cost_returns": cret}
 
-    def store_inputs(self, t: int, envs: Sequence[int], state: dict[str, torch.Tensor]) -> None:
+    def store_inputs(self, t: int, envs: Sequence[int] | slice, state: dict[str, torch.Tensor]) -> None:
         """Record the policy state ``state`` (rows = ``envs``) that entered step ``t``."""
         for name, v in state.items():
             if name not in self.inputs:
@@ -266,7 +268,20 @@ class RolloutDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         dm = self.dm
         module = dm.trainer.lightning_module
-        flat = dm.collect_rollout(module)
+        threads_before = torch.get_num_threads()
+        _set_threads(dm.threads_for("collect"))
+        # the trainer's precision (bf16-mixed: autocast) for the policy's forward passes too, so that the stored
+        # log-probabilities come from the same arithmetic as the update's
+        precision = getattr(dm.trainer, "precision", None)
+        if hasattr(module, "rollout_precision"):
+            ctx = module.rollout_precision(precision)
+        else:
+            plugin = getattr(dm.trainer, "precision_plugin", None)
+            ctx = plugin.forward_context() if plugin is not None else nullcontext()
+        with ctx:
+            flat = dm.collect_rollout(module)
+        update_threads = dm.threads_for("update")  # the games wait during the update passes: give torch the cores
+        _set_threads(threads_before if update_threads is None else update_threads)
         L, chunk_keys = int(getattr(dm, "chunk_len", 1)), tuple(getattr(dm, "chunk_keys", ()))
         n = flat["obs"].shape[0] // L  # units: steps (feed-forward) or chunks of L steps (recurrent)
         size = n // dm.num_minibatches
@@ -304,6 +319,11 @@ class RolloutDataModule(pl.LightningDataModule):
         bootstrap_on_truncation: bootstrap time limits with ``V(final_obs)`` (rl_core.md §3).
         step_timeout_s: subprocess backend: a step slower than this counts as a failure.
         max_consecutive_restarts: subprocess backend: failures of one env in a row before the run stops.
+        collect_threads: torch intra-op threads of the policy's forward passes during collection (the games own
+            the cores then; 1 = no contention with them); None = leave torch's setting alone.
+        update_threads: torch threads of the update passes, when the env workers are idle; ``"auto"`` = the
+            cores this process may use divided by the ranks on this machine with the subprocess backend (its
+            games wait during the update), torch's setting otherwise; an int sets it; None = leave it alone.
     """
 
     vector_backend: str = "inprocess"
@@ -324,8 +344,18 @@ class RolloutDataModule(pl.LightningDataModule):
         bootstrap_on_truncation: bool = True,
         step_timeout_s: float = 60.0,
         max_consecutive_restarts: int = 5,
+        collect_threads: int | None = 1,
+        update_threads: int | str | None = "auto",
     ) -> None:
         super().__init__()
+        if collect_threads is not None and (isinstance(collect_threads, bool) or not isinstance(collect_threads, int)
+                                            or collect_threads < 1):
+            raise ValueError(f"collect_threads must be a positive int or None, got {collect_threads!r}")
+        if update_threads is not None and update_threads != "auto" and (
+            isinstance(update_threads, bool) or not isinstance(update_threads, int) or update_threads < 1
+        ):
+            raise ValueError(f"update_threads must be a positive int, 'auto' or None, got {update_threads!r}")
+        self.collect_threads, self.update_threads = collect_threads, update_threads
         for name, v in (("num_envs", num_envs), ("num_steps", num_steps), ("update_epochs", update_epochs),
                         ("num_minibatches", num_minibatches), ("total_env_steps", total_env_steps)):  # fmt: skip
             if int(v) < 1:
@@ -453,6 +483,22 @@ class RolloutDataModule(pl.LightningDataModule):
     def budget_reached(self) -> bool:
         return self.env_steps * self._world >= self.total_env_steps
 
+    def threads_for(self, phase: str) -> int | None:
+        """torch intra-op threads for ``phase`` (``"collect"`` or ``"update"``); None = torch's setting (for the
+        update: the one before collection)."""
+        if phase == "collect":
+            return self.collect_threads
+        if self.update_threads != "auto":
+            return self.update_threads
+        if self.vector_backend != "subprocess":
+            return None
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or _local_ranks(self.trainer) or 1
+        return max(1, cores // local)
+
     # ---------------------------------------------------------------- collection
     @torch.no_grad()
     def collect_rollout(self, module: Any) -> dict[str, torch.Tensor]:
@@ -491,16 +537,17 @@ class RolloutDataModule(pl.LightningDataModule):
         # actions while the other group's games step (the same policy throughout the rollout).
         overlap = self.overlap_groups and hasattr(self.vec_env, "step_async") and N >= 2
         groups = [list(range(N // 2)), list(range(N // 2, N))] if overlap else [list(range(N))]
-        obs = torch.as_tensor(self.obs).clone()
+        slices = [slice(g[0], g[-1] + 1) for g in groups]  # groups are contiguous: basic slicing, no gathers
+        buf.obs[0] = obs_t  # the observation entering step t is buf.obs[t]; the last step's successor is `last`
+        last = torch.empty_like(buf.obs[0])
 
-        def rows(st: dict[str, torch.Tensor], idx: list[int]) -> dict[str, torch.Tensor]:
-            return {k: v[idx] for k, v in st.items()}
+        def rows(st: dict[str, torch.Tensor], sl: slice) -> dict[str, torch.Tensor]:
+            return {k: v[sl] for k, v in st.items()}
 
-        def act(g: list[int]) -> dict[str, torch.Tensor]:
-            if stateful:
-                out = module.act(obs[g].to(device), self.generator, rows(state, g))
-            else:
-                out = module.act(obs[g].to(device), self.generator)
+        def act(t: int, gi: int) -> dict[str, torch.Tensor]:
+            g, sl = groups[gi], slices[gi]
+            x = buf.obs[t, sl].to(device)
+            out = module.act(x, self.generator, rows(state, sl)) if stateful else module.act(x, self.generator)
             out["action"] = out["action"].cpu()
             a = env_actions(space, out["action"].numpy())
             if overlap:
@@ -509,50 +556,52 @@ class RolloutDataModule(pl.LightningDataModule):
                 out["result"] = self.vec_env.step(a)
             return out
 
-        outs = [act(g) for g in groups] if overlap else [None]
+        outs = [act(0, gi) for gi in range(len(groups))] if overlap else [None]
         for t in range(T):
-            for gi, g in enumerate(groups):
-                out = outs[gi] if overlap else act(g)
+            for gi, (g, sl) in enumerate(zip(groups, slices)):
+                out = outs[gi] if overlap else act(t, gi)
                 nxt, rew, term, trunc, infos = self.vec_env.step_wait(g) if overlap else out.pop("result")
-                buf.obs[t, g] = obs[g]
-                buf.actions[t, g] = out["action"].to(buf.actions.dtype)
-                buf.logp[t, g] = out["logp"].cpu()
-                buf.values[t, g] = out["value"].cpu()
-                buf.cost_values[t, g] = out["cost_value"].cpu()
-                cost = torch.as_tensor([i["cost"] for i in infos], dtype=torch.float32)
-                reward = torch.as_tensor(rew, dtype=torch.float32)
-                done = torch.as_tensor(np.logical_or(term, trunc))
+                buf.actions[t, sl] = out["action"].to(buf.actions.dtype)
+                buf.logp[t, sl] = out["logp"]
+                buf.values[t, sl] = out["value"]
+                buf.cost_values[t, sl] = out["cost_value"]
+                cost = torch.tensor([i["cost"] for i in infos], dtype=torch.float32)
+                reward = torch.from_numpy(np.asarray(rew, dtype=np.float32))
+                done_np = np.logical_or(term, trunc)
                 nxt_state: dict[str, torch.Tensor] = {}
                 if stateful:
-                    st_g = rows(state, g)
-                    buf.store_inputs(t, g, st_g)
-                    reward, nxt_state = module.advance(st_g, out, reward, cost, done)
+                    st_g = rows(state, sl)
+                    buf.store_inputs(t, sl, st_g)
+                    reward, nxt_state = module.advance(st_g, out, reward, cost, torch.from_numpy(done_np))
                 elif hasattr(module, "shape_reward"):
                     reward = module.shape_reward(reward, cost)
-                buf.rewards[t, g] = reward
-                buf.costs[t, g] = cost
-                buf.terminated[t, g] = torch.as_tensor(term, dtype=torch.float32)
-                buf.truncated[t, g] = torch.as_tensor(trunc, dtype=torch.float32)
+                buf.rewards[t, sl] = reward
+                buf.costs[t, sl] = cost
+                buf.terminated[t, sl] = torch.from_numpy(np.asarray(term, dtype=np.float32))
+                buf.truncated[t, sl] = torch.from_numpy(np.asarray(trunc, dtype=np.float32))
                 ends = [i for i in range(len(g)) if trunc[i] and not term[i]]
                 if ends:  # V(final_obs) bootstraps a time limit (or a restart's break), with the state after the step
                     fin = torch.as_tensor(np.stack([infos[i]["final_obs"] for i in ends])).to(device)
-                    v, cv = module.values(fin, rows(nxt_state, ends)) if stateful else module.values(fin)
+                    v, cv = module.values(fin, {k: x[ends] for k, x in nxt_state.items()}) if stateful else (
+                        module.values(fin))  # fmt: skip
                     buf.final_values[t, [g[i] for i in ends]] = v.cpu().float()
                     buf.final_cost_values[t, [g[i] for i in ends]] = cv.cpu().float()
                 if stateful:  # same-step autoreset: a new episode starts from the initial state
                     init = module.initial_policy_state(len(g))
+                    done = torch.from_numpy(done_np)
                     for k in state:
                         mask = done.reshape(-1, *([1] * (init[k].dim() - 1)))
-                        state[k][g] = torch.where(mask, init[k], nxt_state[k].cpu().to(state[k].dtype))
+                        state[k][sl] = torch.where(mask, init[k], nxt_state[k].cpu().to(state[k].dtype))
                 for info in infos:
                     if "episode" in info:
                         ep = dict(info["episode"])
                         if "positions" in info:
                             ep["positions"] = info["positions"]
                         episodes.append(ep)
-                obs[g] = torch.as_tensor(nxt)
+                (buf.obs[t + 1] if t < T - 1 else last)[sl] = torch.from_numpy(np.asarray(nxt))
                 if overlap and t < T - 1:
-                    outs[gi] = act(g)
+                    outs[gi] = act(t + 1, gi)
+        obs = last
         self.obs = obs.numpy()
         if stateful:
             self.policy_state = state
@@ -608,6 +657,21 @@ class RolloutDataModule(pl.LightningDataModule):
             self.exact_resume = False
             warnings.warn(f"{type(self).__name__}: environments cannot be restored mid-episode; "
                           f"they were reset with new seeds (exact_resume=False)", stacklevel=2)  # fmt: skip
+
+
+def _set_threads(n: int | None) -> None:
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _local_ranks(trainer: Any) -> int:
+    """Processes of this run on this machine (devices per node under DDP), 0 if unknown."""
+    if trainer is None:
+        return 0
+    try:
+        return int(trainer.world_size) // max(1, int(trainer.num_nodes))
+    except (AttributeError, TypeError):
+        return 0
 
 
 class _SpaceView:
