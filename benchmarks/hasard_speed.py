@@ -1,6 +1,6 @@
 """HASARD throughput (hasard.md §2, rl_core.md §10): env steps per second of training vs the raw env loop.
 
-    python benchmarks/hasard_speed.py [--scenarios remedy_rush ...|all] [--num-envs 8] [--steps 4096]
+    python benchmarks/hasard_speed.py [--scenarios remedy_rush ...|all] [--num-envs 16] [--steps 4096]
                                       [--setting paper|mini] [--precision bf16-mixed 32-true] [--repeats 3]
 
 For each scenario:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", nargs="+", default=["remedy_rush"])
-    ap.add_argument("--num-envs", type=int, default=8)
+    ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4096, help="env steps per measurement")
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="paper")
     ap.add_argument("--precision", nargs="+", default=["bf16-mixed", "32-true"],
