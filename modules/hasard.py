@@ -98,9 +98,10 @@ class SafePPO(PPOBase):
             (the scenario's value, hasard.md §3.2: AB −0.005, CD −0.1, DD −0.01, PP −0.7, RR −0.025, VV −0.01;
             lava grid −0.1).
         obs_shape, action_heads, action_box, encoder, hidden, recurrence, clip_eps, clip_mode, clip_eps_low, clip_eps_high,
-        value_clip, vf_coef, ent_coef, exploration_coef, adv_norm, target_kl, anneal_lr, optimizer: as in
-            :class:`trainer.ppo.PPOBase`, with HASARD's defaults (convnet_simple + FC 512, clip 0.1
-            "unbiased", value clip 0.2, no entropy bonus, symmetric-KL exploration 0.001, constant lr 1e-4).
+        value_clip, vf_coef, ent_coef, exploration_coef, adv_norm, target_kl, anneal_lr, optimizer, normalize_obs,
+        normalize_returns, obs_norm_clip: as in :class:`trainer.ppo.PPOBase`, with HASARD's defaults
+            (convnet_simple + FC 512, clip 0.1 "unbiased", value clip 0.2, no entropy bonus, symmetric-KL
+            exploration 0.001, constant lr 1e-4, inputs and returns normalised, hasard.md §3.4).
     """
 
     unit_test_datamodule = "LavaGridDataModule"
@@ -147,6 +148,9 @@ class SafePPO(PPOBase):
         target_kl: float | None = None,
         anneal_lr: bool = False,
         optimizer: OptimizerCallable = HasardAdam,
+        normalize_obs: bool = True,
+        normalize_returns: bool = True,
+        obs_norm_clip: float = 5.0,
     ) -> None:
         if algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
@@ -158,7 +162,8 @@ class SafePPO(PPOBase):
             recurrence=recurrence, clip_eps=clip_eps, clip_mode=clip_mode, clip_eps_low=clip_eps_low,
             clip_eps_high=clip_eps_high, value_clip=value_clip, vf_coef=vf_coef, ent_coef=ent_coef,
             exploration_coef=exploration_coef, adv_norm=adv_norm, target_kl=target_kl, anneal_lr=anneal_lr,
-            optimizer=optimizer,
+            optimizer=optimizer, normalize_obs=normalize_obs, normalize_returns=normalize_returns,
+            obs_norm_clip=obs_norm_clip,
         )  # fmt: skip
         self.save_hyperparameters()
         allow_in_weights_only_checkpoints(optimizer)

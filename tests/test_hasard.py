@@ -439,6 +439,43 @@ def test_bf16_mixed_collection_matches_the_autocast_update(recurrence):
         assert err32 > 0  # the stored numbers are bf16's, not float32's
 
 
+def test_running_normalisers_follow_the_rollouts_and_value_heads_learn_normalised_returns():
+    """HASARD §3.4 "inputs and returns normalised": after each rollout's update the float64 statistics equal
+    the mean / variance of every observation and return seen so far; collection reports values in the env's
+    units (head output · std + mean) and the value loss compares normalised targets."""
+    dm = _setup_dm(LavaGridDataModule(max_steps=5, num_envs=2, num_steps=16, update_epochs=1, num_minibatches=2))
+    m = _tiny(algo="ppo", cost_budget=0.5, normalize_obs=True, normalize_returns=True)
+    _fake_trainer(dm, m)
+    seen_obs, seen_ret, seen_cret = [], [], []
+    for _ in range(3):
+        batches = list(RolloutDataset(dm))
+        assert m._pending_rollout is not None
+        seen_obs.append(m._pending_rollout["obs"]), seen_ret.append(m._pending_rollout["returns"])
+        seen_cret.append(m._pending_rollout["cost_returns"])
+        m.update_normalisers()
+    obs, ret, cret = torch.cat(seen_obs).double(), torch.cat(seen_ret).double(), torch.cat(seen_cret).double()
+    assert float(m.obs_stat_count) == obs.shape[0] == 96
+    assert torch.allclose(m.obs_stat_mean, obs.mean(0)) and torch.allclose(m.obs_stat_var, obs.var(0, unbiased=False))
+    assert torch.allclose(m.net.obs_std, obs.var(0, unbiased=False).add(1e-8).sqrt().float())
+    st = m.return_stats
+    assert torch.allclose(st[0], torch.stack([torch.tensor(96.0, dtype=torch.float64), ret.mean(), ret.var(unbiased=False)]))
+    assert torch.allclose(st[1, 1], cret.mean()) and torch.allclose(st[1, 2], cret.var(unbiased=False))
+    # collection de-normalises the heads; the update's targets are normalised with the same statistics
+    x = batches[0]["obs"]
+    with torch.no_grad():
+        head = m.net.step(x)["value"]
+        v, _ = m.values(x)
+        mean, std = float(st[0, 1]), float(st[0, 2].add(1e-8).sqrt())
+        assert torch.allclose(v, head * std + mean, atol=1e-5)
+        tg = m._normalised_targets(batches[0])
+        assert torch.allclose(tg["returns"], (batches[0]["returns"] - mean) / std, atol=1e-6)
+        x_norm = ((x.float() - m.net.obs_mean) / m.net.obs_std).clamp(-5, 5)
+        assert torch.allclose(m.net.encoder(x_norm), m.net.features(x))
+    assert {"obs_stat_mean", "obs_stat_var", "obs_stat_count", "return_stats", "net.obs_mean"} <= set(m.state_dict())
+    with pytest.raises(ValueError, match="obs_norm_clip"):
+        _tiny(obs_norm_clip=0.0)
+
+
 def test_collection_and_update_threads():
     """One torch thread while the games run, the cores per rank during the update (subprocess backend)."""
     dm = LavaGridDataModule(num_envs=2, num_steps=8)

@@ -77,6 +77,7 @@ class PolicyNet(nn.Module):
         extra_dims: int = 0,
         recurrent: bool = False,
         box_dims: int = 0,
+        obs_norm_clip: float | None = None,
     ):
         super().__init__()
         if encoder not in ENCODERS:
@@ -86,6 +87,12 @@ class PolicyNet(nn.Module):
         #: dtype the encoder input is cast to (None = float32); set on :meth:`PPOBase.rollout_precision`'s copy
         self.compute_dtype: torch.dtype | None = None
         obs_shape = tuple(int(s) for s in obs_shape)
+        # running input normalisation (HASARD §3.4 "inputs normalised"): (x − mean) / std clipped to ±clip, the
+        # statistics refreshed by PPOBase after every update; None = off
+        self.obs_norm_clip = None if obs_norm_clip is None else float(obs_norm_clip)
+        if self.obs_norm_clip is not None:
+            self.register_buffer("obs_mean", torch.zeros(obs_shape))
+            self.register_buffer("obs_std", torch.ones(obs_shape))
         if encoder == "mlp":
             self.encoder = nn.Sequential(
                 nn.Flatten(), _ortho(nn.Linear(int(np.prod(obs_shape)), hidden), math.sqrt(2)), nn.Tanh(),
@@ -116,6 +123,8 @@ class PolicyNet(nn.Module):
     def features(self, obs: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output ⊕ extra inputs, ``[B, hidden + extra_dims]``."""
         x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+        if self.obs_norm_clip is not None:
+            x = ((x - self.obs_mean) / self.obs_std).clamp(-self.obs_norm_clip, self.obs_norm_clip)
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)  # what autocast does to a conv / linear input
         h = self.encoder(x)
@@ -211,6 +220,17 @@ class PPOBase(pl.LightningModule):
         target_kl: stop a rollout's updates when approx KL exceeds 1.5·target_kl; None = never.
         anneal_lr: linear LR decay to 0 over ``datamodule.total_updates`` (CleanRL: on).
         optimizer: the optimizer factory (default :class:`PPOAdam`: lr 2.5e-4, eps 1e-5).
+        normalize_obs: running input normalisation (Sample Factory / HASARD: on; CleanRL: off): per-element
+            mean and variance of the observations (after uint8 → [0, 1]), ``(x − mean)/std`` clipped to
+            ±``obs_norm_clip``.
+        normalize_returns: running return normalisation (Sample Factory / HASARD: on): the value heads predict
+            ``(R − mean)/std`` of the reward and of the cost returns; collection de-normalises, so GAE sees
+            returns in the env's units.
+        obs_norm_clip: clip of the normalised inputs (5, Sample Factory).
+
+    The normalisers' statistics (float64 buffers, part of the checkpoint) take in each rollout after its
+    update passes, so collection and update of one rollout see the same statistics; under DDP the batch
+    moments are summed over the ranks first, so every rank holds the same numbers (rl_core.md §6).
     """
 
     def __init__(
@@ -233,9 +253,18 @@ class PPOBase(pl.LightningModule):
         target_kl: float | None = None,
         anneal_lr: bool = True,
         optimizer: OptimizerCallable = PPOAdam,
+        normalize_obs: bool = False,
+        normalize_returns: bool = False,
+        obs_norm_clip: float = 5.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not obs_norm_clip > 0:
+            raise ValueError(f"obs_norm_clip must be > 0, got {obs_norm_clip}")
+        f64 = torch.float64
+        if normalize_returns:  # count, mean, var of the reward returns (row 0) and the cost returns (row 1)
+            self.register_buffer("return_stats", torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]], dtype=f64))
+        self._pending_rollout: dict[str, torch.Tensor] | None = None  # the rollout the normalisers take in next
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         if adv_norm not in ADV_NORM_SCOPES:
@@ -267,8 +296,15 @@ class PPOBase(pl.LightningModule):
 
     def _build(self, obs_shape: Sequence[int], action_heads: Sequence[int], action_box: int = 0) -> None:
         extra = sum(int(d) for _, d in self.extra_inputs())
+        norm = self.hparams.get("normalize_obs", False)
         self.net = PolicyNet(obs_shape, action_heads, self.hparams.encoder, self.hparams.hidden, extra_dims=extra,
-                             recurrent=self.recurrence > 0, box_dims=int(action_box))  # fmt: skip
+                             recurrent=self.recurrence > 0, box_dims=int(action_box),
+                             obs_norm_clip=self.hparams.obs_norm_clip if norm else None)  # fmt: skip
+        if norm:  # float64 running statistics of the inputs (the net holds their float32 mean / std)
+            shape = tuple(int(x) for x in obs_shape)
+            self.register_buffer("obs_stat_count", torch.zeros((), dtype=torch.float64))
+            self.register_buffer("obs_stat_mean", torch.zeros(shape, dtype=torch.float64))
+            self.register_buffer("obs_stat_var", torch.ones(shape, dtype=torch.float64))
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -376,9 +412,12 @@ class PPOBase(pl.LightningModule):
                     m.to(dtype)
             cached.compute_dtype = dtype
             self.__dict__["_rollout_copy"] = cached
+        bufs = dict(self.net.named_buffers())
         with torch.no_grad():
             for name, p in cached.named_parameters():
                 p.copy_(src[name])
+            for name, b in cached.named_buffers():  # the input normaliser's mean / std
+                b.copy_(bufs[name])
         return cached
 
     # ---------------------------------------------------------------- ActorCritic protocol
@@ -417,7 +456,8 @@ class PPOBase(pl.LightningModule):
             box = mean + log_std.exp() * eps  # stored unclipped; the env gets clip(box, -1, 1)
             logp = logp + rl.gaussian_log_prob(mean, log_std, box)
             action = torch.cat([action.float(), box], dim=-1)
-        res = {"action": action, "logp": logp, "value": out["value"].float(), "cost_value": out["cost_value"].float()}
+        value, cost_value = self._denormalise(out["value"].float(), out["cost_value"].float())
+        res = {"action": action, "logp": logp, "value": value, "cost_value": cost_value}
         if out["hidden"] is not None:
             res["hidden"] = out["hidden"].float().cpu()
         return res
@@ -436,7 +476,64 @@ class PPOBase(pl.LightningModule):
         self, obs: torch.Tensor, state: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._step(obs, state)
-        return out["value"].float(), out["cost_value"].float()
+        return self._denormalise(out["value"].float(), out["cost_value"].float())
+
+    # ---------------------------------------------------------------- running normalisers
+    def _return_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std ``[2]`` (reward, cost) of the return normaliser, float32."""
+        st = self.return_stats
+        return st[:, 1].float(), st[:, 2].add(1e-8).sqrt().float()
+
+    def _denormalise(self, value: torch.Tensor, cost_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Value-head outputs in the env's units (the heads predict normalised returns when
+        ``normalize_returns``)."""
+        if not self.hparams.normalize_returns:
+            return value, cost_value
+        mean, std = (t.to(value.device) for t in self._return_moments())
+        return value * std[0] + mean[0], cost_value * std[1] + mean[1]
+
+    def _normalised_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Returns and stored values in the value heads' units."""
+        keys = ("returns", "values", "cost_returns", "cost_values")
+        if not self.hparams.normalize_returns:
+            return {k: batch[k] for k in keys}
+        mean, std = (t.to(batch["returns"].device) for t in self._return_moments())
+        return {k: (batch[k] - mean[int("cost" in k)]) / std[int("cost" in k)] for k in keys}
+
+    def observe_rollout(self, flat: dict[str, torch.Tensor]) -> None:
+        """Called by :class:`trainer.rollout.RolloutDataset` with each rollout; the normalisers take it in at
+        the end of its update passes (:meth:`update_normalisers`)."""
+        if self.hparams.normalize_obs or self.hparams.normalize_returns:
+            self._pending_rollout = {k: flat[k] for k in ("obs", "returns", "cost_returns")}
+
+    def update_normalisers(self) -> None:
+        """Merge the pending rollout into the running statistics (Chan's formula; moments summed over ranks)."""
+        pending, self._pending_rollout = self._pending_rollout, None
+        if pending is None:
+            return
+        reduce = None
+        if self._world_size() > 1:
+            reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        if self.hparams.normalize_obs:
+            obs = pending["obs"]
+            x = obs.double() / 255.0 if obs.dtype == torch.uint8 else obs.double()
+            rms = self._bind_rms(self.obs_stat_count, self.obs_stat_mean, self.obs_stat_var)
+            rms.update(x.to(self.obs_stat_mean.device), reduce)
+            self.obs_stat_count.copy_(rms.count), self.obs_stat_mean.copy_(rms.mean), self.obs_stat_var.copy_(rms.var)
+            self.net.obs_mean.copy_(rms.mean.float())
+            self.net.obs_std.copy_(rms.var.add(1e-8).sqrt().float())
+        if self.hparams.normalize_returns:
+            for row, key in enumerate(("returns", "cost_returns")):
+                st = self.return_stats[row]
+                rms = self._bind_rms(st[0], st[1], st[2])
+                rms.update(pending[key].to(st.device), reduce)
+                st.copy_(torch.stack([rms.count, rms.mean, rms.var]).to(st.dtype))
+
+    @staticmethod
+    def _bind_rms(count: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> rl.RunningMeanStd:
+        rms = rl.RunningMeanStd(tuple(mean.shape))
+        rms.count, rms.mean, rms.var = count.clone(), mean.clone(), var.clone()
+        return rms
 
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The policy on a minibatch (with gradients): ``logits``, ``value``, ``cost_value``, ``logp`` and
@@ -495,10 +592,11 @@ class PPOBase(pl.LightningModule):
         logits, value, cost_value, logp = ev["logits"], ev["value"], ev["cost_value"], ev["logp"]
         adv = self._normalise(self.policy_advantages(batch, batch_idx), batch)
         policy_loss = rl.clipped_surrogate(logp, batch["logp"], adv, self.clip_lo, self.clip_hi)  # rl_core.md §7
-        v_old = batch["values"] if hp.value_clip is not None else None
-        c_old = batch["cost_values"] if hp.value_clip is not None else None
-        value_loss = rl.value_loss(value, batch["returns"], v_old, hp.value_clip)
-        cost_value_loss = rl.value_loss(cost_value, batch["cost_returns"], c_old, hp.value_clip)
+        tg = self._normalised_targets(batch)  # the value heads' units (normalised returns when normalize_returns)
+        v_old = tg["values"] if hp.value_clip is not None else None
+        c_old = tg["cost_values"] if hp.value_clip is not None else None
+        value_loss = rl.value_loss(value, tg["returns"], v_old, hp.value_clip)
+        cost_value_loss = rl.value_loss(cost_value, tg["cost_returns"], c_old, hp.value_clip)
         entropy = ev["entropy"].mean()
         loss = policy_loss + hp.vf_coef * (value_loss + cost_value_loss) - hp.ent_coef * entropy
         if hp.exploration_coef:
@@ -554,6 +652,7 @@ class PPOBase(pl.LightningModule):
         return {k: float(tot[0, j] / tot[1, j]) for j, k in enumerate(keys) if tot[1, j] > 0}
 
     def on_train_epoch_end(self) -> None:
+        self.update_normalisers()  # before ModelCheckpoint saves (a monitoring callback: it runs after this hook)
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "rollout_stats"):
             return

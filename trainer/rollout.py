@@ -280,6 +280,8 @@ class RolloutDataset(IterableDataset):
             ctx = plugin.forward_context() if plugin is not None else nullcontext()
         with ctx:
             flat = dm.collect_rollout(module)
+        if hasattr(module, "observe_rollout"):  # running normalisers take the rollout in after its update passes
+            module.observe_rollout(flat)
         update_threads = dm.threads_for("update")  # the games wait during the update passes: give torch the cores
         _set_threads(threads_before if update_threads is None else update_threads)
         L, chunk_keys = int(getattr(dm, "chunk_len", 1)), tuple(getattr(dm, "chunk_keys", ()))
