@@ -277,8 +277,10 @@ class PPOBase(pl.LightningModule):
         self.clip_lo, self.clip_hi = rl.clip_bounds(clip_eps, clip_mode, clip_eps_low, clip_eps_high)
         self.optimizer_factory = optimizer
         self.net: PolicyNet | None = None
-        self._rollout_net: PolicyNet | None = None  # the policy collection runs (rollout_precision), else self.net
-        self.__dict__["_rollout_copy"] = None  # cached low-precision copy (kept out of the module tree)
+        # plain attributes, kept out of the module tree (and the checkpoint): the policy collection runs under
+        # rollout_precision (None = self.net) and the cached low-precision copy behind it
+        self.__dict__["_rollout_net"] = None
+        self.__dict__["_rollout_copy"] = None
         self.stop_updates = False
         self._rollout_adv_stats: tuple[int, torch.Tensor, torch.Tensor] | None = None
         if obs_shape is not None and action_heads is not None:
@@ -375,7 +377,9 @@ class PPOBase(pl.LightningModule):
         if self.recurrence > 0:
             hidden = state["hidden"] if state is not None and "hidden" in state else None
             hidden = None if hidden is None else hidden.to(self.device)
-        return (self._rollout_net or self.net).step(obs, self._extra(state, n), hidden)
+        net = self.__dict__["_rollout_net"]
+        net = self.net if net is None else net
+        return net.step(obs, self._extra(state, n), hidden)
 
     #: autocast dtypes of Lightning's mixed precisions
     MIXED_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -395,11 +399,11 @@ class PPOBase(pl.LightningModule):
             with ctx:
                 yield
             return
-        self._rollout_net = self._low_precision_copy(dtype)
+        self.__dict__["_rollout_net"] = self._low_precision_copy(dtype)
         try:
             yield
         finally:
-            self._rollout_net = None
+            self.__dict__["_rollout_net"] = None
 
     def _low_precision_copy(self, dtype: torch.dtype) -> PolicyNet:
         """``self.net`` with every Conv2d / Linear weight and bias in ``dtype`` (cached; refreshed in place)."""

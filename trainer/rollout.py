@@ -569,12 +569,12 @@ class RolloutDataModule(pl.LightningDataModule):
                 buf.cost_values[t, sl] = out["cost_value"]
                 cost = torch.tensor([i["cost"] for i in infos], dtype=torch.float32)
                 reward = torch.from_numpy(np.asarray(rew, dtype=np.float32))
-                done_np = np.logical_or(term, trunc)
+                done = torch.from_numpy(np.logical_or(term, trunc))
                 nxt_state: dict[str, torch.Tensor] = {}
                 if stateful:
                     st_g = rows(state, sl)
                     buf.store_inputs(t, sl, st_g)
-                    reward, nxt_state = module.advance(st_g, out, reward, cost, torch.from_numpy(done_np))
+                    reward, nxt_state = module.advance(st_g, out, reward, cost, done)
                 elif hasattr(module, "shape_reward"):
                     reward = module.shape_reward(reward, cost)
                 buf.rewards[t, sl] = reward
@@ -590,7 +590,6 @@ class RolloutDataModule(pl.LightningDataModule):
                     buf.final_cost_values[t, [g[i] for i in ends]] = cv.cpu().float()
                 if stateful:  # same-step autoreset: a new episode starts from the initial state
                     init = module.initial_policy_state(len(g))
-                    done = torch.from_numpy(done_np)
                     for k in state:
                         mask = done.reshape(-1, *([1] * (init[k].dim() - 1)))
                         state[k][sl] = torch.where(mask, init[k], nxt_state[k].cpu().to(state[k].dtype))
@@ -603,8 +602,7 @@ class RolloutDataModule(pl.LightningDataModule):
                 (buf.obs[t + 1] if t < T - 1 else last)[sl] = torch.from_numpy(np.asarray(nxt))
                 if overlap and t < T - 1:
                     outs[gi] = act(t + 1, gi)
-        obs = last
-        self.obs = obs.numpy()
+        self.obs = last.numpy()
         if stateful:
             self.policy_state = state
             v, cv = module.values(torch.as_tensor(self.obs).to(device), state)
