@@ -4,6 +4,7 @@ from callbacks.drift import ConceptDriftCallback
 from callbacks.global_batch import GlobalBatchSize
 from callbacks.heatmap import NavigationHeatmapCallback
 from callbacks.loss_spike_probe import LossSpikeProbe
+from callbacks.process_reward import ProcessRewardRelabelCallback
 from callbacks.rank_consistency import RankConsistencyCheck
 from callbacks.regrowth_warmup import RegrowthWarmup
 from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
@@ -23,4 +24,5 @@ __all__: list[str] = [
     "ConceptDriftCallback",
     "NavigationHeatmapCallback",
     "EpisodeVideoCallback",
+    "ProcessRewardRelabelCallback",
 ]

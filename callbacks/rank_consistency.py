@@ -1,4 +1,5 @@
-"""Check that every rank holds the same model: parameters and buffers (sparse masks included).
+"""Check that every rank holds the same model: parameters and buffers (sparse masks included), plus the
+datamodule's checkpoint state where the datamodule declares ``rank_identical_state = True``.
 
 DESIGN.md: every random decision (which weights to grow, ...) must be identical on every rank.
 The 2-rank tests append this callback; users can too (``callbacks+: [RankConsistencyCheck]``).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from typing import Any
 
 import lightning.pytorch as pl
@@ -57,6 +59,9 @@ class RankConsistencyCheck(pl.Callback):
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, str]:
         digest = model_digest(pl_module, self.buffers_only)
+        dm = getattr(trainer, "datamodule", None)
+        if getattr(dm, "rank_identical_state", False):  # e.g. a trajectory dataset and its labels (q_evolve.md §6)
+            digest["datamodule.state_dict"] = hashlib.sha1(pickle.dumps(dm.state_dict())).hexdigest()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, digest)

@@ -6,6 +6,13 @@ from datamodules.instruction import InstructionDataModule
 from datamodules.safety_grid import LavaGridDataModule
 from datamodules.streams import ContextTableStreamDataModule, RecurringConceptStreamDataModule, TableStreamDataModule
 from datamodules.vizdoom import HasardDataModule
+from datamodules.text_games import (
+    EtoTrajectoryDataModule,
+    ScienceWorldDataModule,
+    TextWorldExpressDataModule,
+    TextWorldGamesDataModule,
+    ToyTextGameDataModule,
+)
 from datamodules.text import RepeatedTokensDataModule, TextCorpusDataModule
 
-__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule"]
+__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule", "EtoTrajectoryDataModule", "ScienceWorldDataModule", "TextWorldExpressDataModule", "TextWorldGamesDataModule", "ToyTextGameDataModule"]

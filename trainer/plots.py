@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["bar_figure", "heatmap_figure", "log_figure"]
+__all__ = ["bar_figure", "heatmap_figure", "histogram_figure", "log_figure", "scatter_figure"]
 
 
 def bar_figure(
@@ -62,6 +62,33 @@ def heatmap_figure(matrix: Any, labels: Sequence[str] | None = None, title: str 
             ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", color="w", fontsize=7)
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_figure(x: Sequence[float], y: Sequence[float], title: str = "", xlabel: str = "", ylabel: str = "") -> Any:
+    """A scatter plot of ``y`` against ``x`` with the diagonal ``y = x`` for reference."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.scatter(list(x), list(y), s=6, alpha=0.5)
+    if len(x):
+        lo, hi = min(min(x), min(y)), max(max(x), max(y))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def histogram_figure(groups: dict[str, Sequence[float]], bins: int = 40, title: str = "", xlabel: str = "") -> Any:
+    """Overlaid histograms, one per named group (empty groups are left out)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for name, values in groups.items():
+        if len(values):
+            ax.hist(list(values), bins=bins, alpha=0.55, label=f"{name} (n={len(values)})")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -11,7 +11,7 @@ import torch
 
 __all__ = [
     "MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration", "HasPlannedSteps",
-    "ConceptStore", "ActorCritic", "HasRolloutEpisodes",
+    "ConceptStore", "ActorCritic", "HasRolloutEpisodes", "HasValueFunction", "HasTrajectoryDataset",
 ]  # fmt: skip
 
 
@@ -167,4 +167,54 @@ class HasRolloutEpisodes(Protocol):
 
     def make_eval_env(self, seed: int) -> object:  # pragma: no cover - protocol
         """A fresh single env (``render()`` gives RGB frames) for evaluation episodes and videos."""
+        ...
+
+
+@runtime_checkable
+class HasValueFunction(Protocol):
+    """A text-agent module whose trajectory dataset a ``ProcessRewardRelabelCallback`` relabels (q_evolve.md §3).
+
+    States are ``trainer.trajectories.StateParts`` tuples ``(instruction, history, observation)``.
+
+    - ``evolve_phase(epoch)`` → ``(phase, iteration, is_first_epoch_of_phase, is_last_epoch_of_phase)`` with
+      ``phase`` one of ``"bc"``, ``"critic"``, ``"policy"``, ``"done"``.
+    - ``state_values(states)`` → ``[N]`` V(s) of the (frozen) critic, no gradient.
+    - ``min_q_values(states, actions)`` → ``[N]`` min(Q̄1, Q̄2)(s, a) of the target critics, no gradient.
+    - ``action_log_probs(states, candidates, actions)`` → ``[N]`` log π(a|s) of the current policy, no gradient.
+    - ``relabel_settings()`` → dict with ``gamma``, ``lam``, ``advantage`` (``gae``/``q_minus_v``) and
+      ``advantage_reward`` (``env``/``env_plus_aux``).
+    - ``wants_rollouts(iteration)`` → whether D_self is extended with rollouts of the current policy at the
+      start of this iteration.
+    """
+
+    def evolve_phase(self, epoch: int) -> tuple:  # pragma: no cover - protocol
+        ...
+
+    def state_values(self, states: object) -> torch.Tensor:  # pragma: no cover - protocol
+        ...
+
+    def min_q_values(self, states: object, actions: object) -> torch.Tensor:  # pragma: no cover - protocol
+        ...
+
+    def action_log_probs(self, states: object, candidates: object, actions: object) -> torch.Tensor:  # pragma: no cover
+        ...
+
+    def relabel_settings(self) -> dict:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class HasTrajectoryDataset(Protocol):
+    """A datamodule owning a trajectory dataset (``store``: ``trainer.trajectories.TrajectoryStore``) and the
+    environments to extend it: ``collect(agent, iteration)`` runs the agent (``choose_actions``) on the
+    training tasks, adds the trajectories to ``store`` identically on every rank and returns summary stats;
+    ``add_epoch_hook(name, fn)`` registers ``fn(epoch)`` to run when each epoch's data are first iterated, before any
+    batch is drawn (a callback that edits the dataset for the epoch uses it)."""
+
+    store: object
+
+    def add_epoch_hook(self, name: str, fn: object) -> None:  # pragma: no cover - protocol
+        ...
+
+    def collect(self, agent: object, iteration: int) -> dict:  # pragma: no cover - protocol
         ...

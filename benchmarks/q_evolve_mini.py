@@ -1,0 +1,162 @@
+"""Q-Evolve miniatures (q_evolve.md §7): BC and each Q-Evolve iteration, plus the ablations, on held-out games.
+
+    python benchmarks/q_evolve_mini.py [--env textworld|twx|scienceworld] [--variants qevolve no_gae ...]
+                                       [--seeds 0] [--workers 1] [--quick]
+
+Each run is exactly a YAML of ``yaml/q_evolve/`` (``mini_textworld_<variant>.yaml``, ``mini_twx_cooking_qevolve.yaml``,
+``mini_scienceworld_qevolve.yaml``) built with ``TrainerCLI(run=False)``. BC is iteration 0 of every run (the same
+seed gives the same BC phase), so the ``bc`` row is read from the full run. ``--quick`` shrinks the protocol
+(fewer games and epochs) for a smoke check of the script. Prints the table of q_evolve.md §7 and whether the
+expected effects held, then ``RESULT bc_success=<x> qevolve_success=<y> iterations=<n>`` (held-out success %,
+the full method's last iteration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import mean_sd, run_in_workers  # noqa: E402
+
+YAML = ROOT / "yaml" / "q_evolve"
+FILES = {
+    "textworld": {v: YAML / f"mini_textworld_{v}.yaml" for v in ("qevolve", "no_gae", "no_weights", "no_aux", "awr", "rerank")},
+    "twx": {"qevolve": YAML / "mini_twx_cooking_qevolve.yaml"},
+    "scienceworld": {"qevolve": YAML / "mini_scienceworld_qevolve.yaml"},
+}
+QUICK = ["--data.init_args.max_steps", "15", "--model.init_args.critic_epochs", "5", "--model.init_args.bc_epochs", "3"]
+QUICK_DATA = {
+    "textworld": ["--data.init_args.num_games", "12", "--data.init_args.num_train", "8"],
+    "twx": ["--data.init_args.num_train", "8", "--data.init_args.num_eval", "4"],
+    "scienceworld": ["--data.init_args.train_variations", "2", "--data.init_args.eval_variations", "1"],
+}
+
+
+def run_job(job: tuple[str, str, int, bool]) -> dict[str, Any]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import lightning.pytorch as pl
+    import torch
+
+    from trainer.cli import TrainerCLI
+
+    env, variant, seed, quick = job
+    args = ["fit", "--config", str(FILES[env][variant]), "--seed_everything", str(seed),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+            "--trainer.default_root_dir", tempfile.mkdtemp(prefix="q_evolve_mini_")]  # fmt: skip
+    if quick:
+        args += QUICK + QUICK_DATA[env]
+    cli = TrainerCLI(args=args, run=False)
+    model, dm = cli.model, cli.datamodule
+    per_iter: dict[int, dict[str, float]] = {}
+
+    class Record(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            phase, it, _, last = pl_module.evolve_phase(trainer.current_epoch)
+            if phase == "critic" and last:
+                per_iter.setdefault(it, {})["spearman"] = float(getattr(pl_module, "last_spearman", float("nan")))
+            if phase == "policy" and last:
+                store = trainer.datamodule.store
+                neg = [i for i in range(len(store)) if store.advantage[i] < 0]
+                states = [store.trajectories[store.locate(i)[0]].state(store.locate(i)[1]) for i in neg]
+                cands = [store.trajectories[store.locate(i)[0]].candidates[store.locate(i)[1]] for i in neg]
+                acts = [store.trajectories[store.locate(i)[0]].actions[store.locate(i)[1]] for i in neg]
+                now = pl_module.action_log_probs(states, cands, acts) if neg else torch.zeros(0)
+                old = torch.tensor([store.logp_old[i] for i in neg])
+                per_iter.setdefault(it, {})["dlogp_neg"] = float((now - old).mean()) if neg else float("nan")
+
+    cli.trainer.callbacks.insert(0, Record())
+    t0 = time.perf_counter()
+    cli.trainer.fit(model, datamodule=dm)
+    rows = []
+    for r in model.eval_results:
+        it = int(r["iteration"])
+        rows.append({
+            "env": env, "method": "bc" if it == 0 else variant, "iter": it, "seed": seed,
+            "seen": r["success_seen"], "unseen": r["success_unseen"], "score": r["score_unseen"],
+            "spearman": per_iter.get(it, {}).get("spearman", float("nan")),
+            "dlogp_neg": per_iter.get(it, {}).get("dlogp_neg", float("nan")),
+            "env_steps": r["env_steps"], "sec": time.perf_counter() - t0,
+        })  # fmt: skip
+    return {"variant": variant, "env": env, "seed": seed, "rows": rows}
+
+
+def _fmt(x: float, nd: int = 1) -> str:
+    return "—" if x != x else f"{x:.{nd}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env", default="textworld", choices=sorted(FILES))
+    ap.add_argument("--variants", nargs="+", default=None, help="default: every file of the env")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="a shrunken protocol to check the script")
+    args = ap.parse_args(argv)
+    variants = args.variants or list(FILES[args.env])
+    bad = [v for v in variants if v not in FILES[args.env]]
+    if bad:
+        ap.error(f"unknown variants for {args.env}: {bad}; known: {list(FILES[args.env])}")
+    if args.env == "textworld":  # generate the games once, before the runs (q_evolve.md §4)
+        from trainer.cli import TrainerCLI
+
+        extra = QUICK_DATA["textworld"] if args.quick else []
+        TrainerCLI(args=["fit", "--config", str(FILES["textworld"]["qevolve"]), *extra], run=False).datamodule.prepare_data()
+    jobs = [(args.env, v, s, args.quick) for v in variants for s in args.seeds]
+    results = list(run_in_workers(run_job, jobs, args.workers)) if args.workers > 1 else [run_job(j) for j in jobs]
+    rows = [r for res in results for r in res["rows"]]
+    # the BC row once per seed (every run has the same BC phase)
+    table, seen_bc = [], set()
+    for r in sorted(rows, key=lambda r: (r["iter"] != 0, r["method"], r["iter"], r["seed"])):
+        if r["iter"] == 0:
+            if r["seed"] in seen_bc:
+                continue
+            seen_bc.add(r["seed"])
+        table.append(r)
+    head = ("env", "method", "iter", "seen success %", "unseen success %", "mean score ×100", "Spearman(V, MC)",
+            "Δlog π on A<0", "env steps used", "wall-clock s")  # fmt: skip
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in table:
+        groups.setdefault((r["method"], r["iter"]), []).append(r)
+    for (method, it), rs in groups.items():
+        def m(key: str) -> float:
+            return mean_sd(x[key] for x in rs)[0]
+
+        print(f"| {args.env} | {method} | {it} | {_fmt(m('seen'))} | {_fmt(m('unseen'))} | {_fmt(m('score'))} | "
+              f"{_fmt(m('spearman'), 3)} | {_fmt(m('dlogp_neg'), 3)} | {int(m('env_steps'))} | {_fmt(m('sec'), 0)} |")  # fmt: skip
+
+    def last(method: str, key: str = "unseen") -> float:
+        rs = [r for r in table if r["method"] == method]
+        if not rs:
+            return float("nan")
+        k = max(r["iter"] for r in rs)
+        return mean_sd(r[key] for r in rs if r["iter"] == k)[0]
+
+    bc, qe = last("bc"), last("qevolve")
+    checks = [("Q-Evolve held-out success ≥ BC + 10 points", qe >= bc + 10)]
+    if "no_weights" in variants and "qevolve" in variants:
+        checks.append(("weighted critic Spearman ≥ unweighted", last("qevolve", "spearman") >= last("no_weights", "spearman")))
+    for v in ("no_gae", "awr"):
+        if v in variants:
+            checks.append((f"{v} held-out success < Q-Evolve", last(v) < qe))
+    print()
+    for name, ok in checks:
+        print(f"{'held' if ok else 'NOT held'}: {name}")
+    iters = max((r["iter"] for r in table if r["method"] == "qevolve"), default=0)
+    print(f"RESULT bc_success={_fmt(bc)} qevolve_success={_fmt(qe)} iterations={iters}")
+    return 0 if not math.isnan(qe) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
