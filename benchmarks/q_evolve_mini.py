@@ -62,8 +62,6 @@ def run_job(job: tuple[str, str, int, bool]) -> dict[str, Any]:
     class Record(pl.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
             phase, it, _, last = pl_module.evolve_phase(trainer.current_epoch)
-            if phase == "critic" and last:
-                per_iter.setdefault(it, {})["spearman"] = float(getattr(pl_module, "last_spearman", float("nan")))
             if phase == "policy" and last:
                 store = trainer.datamodule.store
                 neg = [i for i in range(len(store)) if store.advantage[i] < 0]
@@ -77,15 +75,16 @@ def run_job(job: tuple[str, str, int, bool]) -> dict[str, Any]:
     cli.trainer.callbacks.insert(0, Record())
     t0 = time.perf_counter()
     cli.trainer.fit(model, datamodule=dm)
+    sec = time.perf_counter() - t0  # the whole run (every row of it)
     rows = []
     for r in model.eval_results:
         it = int(r["iteration"])
         rows.append({
             "env": env, "method": "bc" if it == 0 else variant, "iter": it, "seed": seed,
             "seen": r["success_seen"], "unseen": r["success_unseen"], "score": r["score_unseen"],
-            "spearman": per_iter.get(it, {}).get("spearman", float("nan")),
+            "spearman": float(model.spearman_history.get(it, float("nan"))),
             "dlogp_neg": per_iter.get(it, {}).get("dlogp_neg", float("nan")),
-            "env_steps": r["env_steps"], "sec": time.perf_counter() - t0,
+            "env_steps": r["env_steps"], "sec": sec,
         })  # fmt: skip
     return {"variant": variant, "env": env, "seed": seed, "rows": rows}
 

@@ -216,6 +216,7 @@ class QEvolve(pl.LightningModule):
             self.ref_policy = copy.deepcopy(self.lm if lm else self.policy_head).requires_grad_(False)
         self.register_buffer("ref_ready", torch.zeros((), dtype=torch.bool))
         self.eval_results: list[dict[str, Any]] = []  # this process only (benchmarks read it)
+        self.spearman_history: dict[int, float] = {}  # iteration -> critic/spearman_v_mc; this process only
 
     def _check_args(self) -> None:
         h = self.hparams
@@ -566,7 +567,7 @@ class QEvolve(pl.LightningModule):
         v = self.state_values(states)
         rho = spearman(v, mc)
         self.log("critic/spearman_v_mc", 0.0 if math.isnan(rho) else rho, on_step=False, on_epoch=True, batch_size=1)
-        self.last_spearman = rho
+        self.spearman_history[self.evolve_phase()[1]] = rho  # this process only (benchmarks read it)
         if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             from trainer.plots import log_figure, scatter_figure
 

