@@ -1,7 +1,7 @@
 """Q-Evolve miniatures (q_evolve.md §7): BC and each Q-Evolve iteration, plus the ablations, on held-out games.
 
     python benchmarks/q_evolve_mini.py [--env textworld|twx|scienceworld] [--variants qevolve no_gae ...]
-                                       [--seeds 0] [--workers 1] [--quick]
+                                       [--seeds 0] [--workers 1] [--quick] [--set=--model.init_args.X=Y ...]
 
 Each run is exactly a YAML of ``yaml/q_evolve/`` (``mini_textworld_<variant>.yaml``, ``mini_twx_cooking_qevolve.yaml``,
 ``mini_scienceworld_qevolve.yaml``) built with ``TrainerCLI(run=False)``. BC is iteration 0 of every run (the same
@@ -42,19 +42,20 @@ QUICK_DATA = {
 }
 
 
-def run_job(job: tuple[str, str, int, bool]) -> dict[str, Any]:
+def run_job(job: tuple[str, str, int, bool, tuple[str, ...]]) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import lightning.pytorch as pl
     import torch
 
     from trainer.cli import TrainerCLI
 
-    env, variant, seed, quick = job
+    env, variant, seed, quick, extra = job
     args = ["fit", "--config", str(FILES[env][variant]), "--seed_everything", str(seed),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
             "--trainer.default_root_dir", tempfile.mkdtemp(prefix="q_evolve_mini_")]  # fmt: skip
     if quick:
         args += QUICK + QUICK_DATA[env]
+    args += list(extra)
     cli = TrainerCLI(args=args, run=False)
     model, dm = cli.model, cli.datamodule
     per_iter: dict[int, dict[str, float]] = {}
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a shrunken protocol to check the script")
+    ap.add_argument("--set", nargs="+", default=[], metavar="ARG",
+                    help="extra CLI arguments for every run, e.g. --set=--model.init_args.policy_lr=1e-3")
     args = ap.parse_args(argv)
     variants = args.variants or list(FILES[args.env])
     bad = [v for v in variants if v not in FILES[args.env]]
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
         extra = QUICK_DATA["textworld"] if args.quick else []
         TrainerCLI(args=["fit", "--config", str(FILES["textworld"]["qevolve"]), *extra], run=False).datamodule.prepare_data()
-    jobs = [(args.env, v, s, args.quick) for v in variants for s in args.seeds]
+    jobs = [(args.env, v, s, args.quick, tuple(args.set)) for v in variants for s in args.seeds]
     results = list(run_in_workers(run_job, jobs, args.workers)) if args.workers > 1 else [run_job(j) for j in jobs]
     rows = [r for res in results for r in res["rows"]]
     # the BC row once per seed (every run has the same BC phase)

