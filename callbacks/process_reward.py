@@ -46,18 +46,16 @@ def relabel_store(store: Any, module: Any) -> dict[str, float]:
     Returns the summary statistics of the advantages (mean, std, fraction negative).
     """
     settings = module.relabel_settings()
-    states, cands, actions, texts = [], [], [], []
-    for tr in store.trajectories:
-        for t in range(len(tr)):
-            states.append(tr.state(t))
-            cands.append(tr.candidates[t])
-            actions.append(tr.actions[t])
-            texts.append(tr.action_text(t))
+    states = store.states()
+    steps = [store.locate(i) for i in range(len(store))]
+    cands = [store.trajectories[k].candidates[t] for k, t in steps]
+    actions = [store.trajectories[k].actions[t] for k, t in steps]
+    texts = [store.trajectories[k].action_text(t) for k, t in steps]
     values = module.state_values(states)
     if settings["advantage"] == "q_minus_v":
         adv = module.min_q_values(states, texts) - values  # q_evolve.md §3 ablation: A = min Q̄ − V, no GAE
     else:
-        finals = module.state_values([tr.state(len(tr)) for tr in store.trajectories])
+        finals = module.state_values(store.final_states())
         adv = trajectory_advantages(  # q_evolve.md §3, delta_t and A_t on r_env only
             store, values, finals, settings["gamma"], settings["lam"],
             use_aux=settings["advantage_reward"] == "env_plus_aux",

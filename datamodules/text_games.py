@@ -220,6 +220,8 @@ class TextGamesDataModule(pl.LightningDataModule):
         admissible list is appended to that step's candidates (expert gold paths) so the stored index is valid.
         ``on_reset(episode, slot, first_step)`` runs right after each reset (where gold paths must be read).
         """
+        if not tasks:
+            return []
         pool = self.pool
         n_slots = min(self.num_envs, len(tasks))
         queue = list(range(len(tasks)))
@@ -370,7 +372,6 @@ class TextGamesDataModule(pl.LightningDataModule):
         mine = self._mine(len(tasks))
         trajs = self.run_episodes([tasks[e] for e in mine], self._agent_decider(agent, mine, None, iteration), "self", iteration)
         allt = _gather([(e, tr) for e, tr in zip(mine, trajs)])
-        self.eval_env_steps = getattr(self, "eval_env_steps", 0) + sum(len(tr) for tr in allt)
         s, u = allt[: len(seen)], allt[len(seen) :]
 
         def rate(ts: list[Trajectory]) -> float:
@@ -706,7 +707,7 @@ class EtoTrajectoryDataModule(TextGamesDataModule):
         self._checked = True
 
     def train_tasks(self) -> list[TextTask]:
-        return [TextTask("scienceworld", t, int(v), "train") for t, v in self._eto_tasks()]
+        return [TextTask("scienceworld", t, v, "train") for t, v in self._eto_records()]
 
     def eval_tasks(self) -> list[TextTask]:
         return []
@@ -717,12 +718,13 @@ class EtoTrajectoryDataModule(TextGamesDataModule):
             raise ValueError(f"{self._file()}: expected a JSON list of ETO records with 'id' and 'conversations'")
         return records
 
-    def _eto_tasks(self) -> list[tuple[str, int]]:
-        out = []
+    def _eto_records(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """``(task, variation) -> record`` for the records whose id reads ``<task>_<variation>``."""
+        out = {}
         for r in self._records():
             task, _, var = str(r.get("id", "")).rpartition("_")
             if task and var.isdigit():
-                out.append((task, int(var)))
+                out[(task, int(var))] = r
         return out
 
     @staticmethod
@@ -740,9 +742,5 @@ class EtoTrajectoryDataModule(TextGamesDataModule):
 
     def expert_paths(self, tasks: Sequence[TextTask]) -> list[list[str]] | None:
         """D_exp: the ETO commands replayed in the env (so every step has its admissible commands)."""
-        by_task = {}
-        for r in self._records():
-            task, _, var = str(r.get("id", "")).rpartition("_")
-            if task and var.isdigit():
-                by_task[(task, int(var))] = self.eto_actions(r)
-        return [by_task[(t.name, t.variation)] for t in tasks]
+        records = self._eto_records()
+        return [self.eto_actions(records[(t.name, t.variation)]) for t in tasks]

@@ -560,11 +560,8 @@ class QEvolve(pl.LightningModule):
         """``critic/spearman_v_mc`` and the scatter of V(s_t) against the Monte-Carlo return (q_evolve.md §8)."""
         if len(store) == 0:
             return
-        states, mc = [], []
-        for tr in store.trajectories:
-            mc.extend(discounted_returns(tr.rewards, self.hparams.gamma))
-            states.extend(tr.state(t) for t in range(len(tr)))
-        v = self.state_values(states)
+        mc = [g for tr in store.trajectories for g in discounted_returns(tr.rewards, self.hparams.gamma)]
+        v = self.state_values(store.states())
         rho = spearman(v, mc)
         self.log("critic/spearman_v_mc", 0.0 if math.isnan(rho) else rho, on_step=False, on_epoch=True, batch_size=1)
         self.spearman_history[self.evolve_phase()[1]] = rho  # this process only (benchmarks read it)
@@ -583,9 +580,8 @@ class QEvolve(pl.LightningModule):
 
         tmp = TrajectoryStore()
         tmp.add(trajs)
-        states = [tr.state(t) for tr in tmp.trajectories for t in range(len(tr))]
-        v = self.state_values(states)
-        finals = self.state_values([tr.state(len(tr)) for tr in tmp.trajectories])
+        v = self.state_values(tmp.states())
+        finals = self.state_values(tmp.final_states())
         adv = trajectory_advantages(tmp, v, finals, self.hparams.gamma, self.hparams.lam)
         blocks, i = [], 0
         for tr in tmp.trajectories:

@@ -331,6 +331,14 @@ class TrajectoryStore:
             return list(range(len(self._index)))
         return [i for i, (k, _) in enumerate(self._index) if self.trajectories[k].source == source]
 
+    def states(self) -> list[StateParts]:
+        """``s_t`` of every step, in the global step order."""
+        return [self.trajectories[k].state(t) for k, t in self._index]
+
+    def final_states(self) -> list[StateParts]:
+        """``s_T`` (the state after the last action) of every trajectory."""
+        return [tr.state(len(tr)) for tr in self.trajectories]
+
     def count(self, source: str) -> int:
         return sum(1 for tr in self.trajectories if tr.source == source)
 
