@@ -12,6 +12,7 @@ import torch
 __all__ = [
     "MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration", "HasPlannedSteps",
     "ConceptStore", "ActorCritic", "HasRolloutEpisodes", "HasValueFunction", "HasTrajectoryDataset",
+    "ScoresPreferences",
 ]  # fmt: skip
 
 
@@ -217,4 +218,27 @@ class HasTrajectoryDataset(Protocol):
         ...
 
     def collect(self, agent: object, iteration: int) -> dict:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class ScoresPreferences(Protocol):
+    """A module that can "score these preferences" (moc.md §2; ``callbacks/pareto.py`` evaluates through it).
+
+    ``objective_names``: the N objectives, in the order of every preference vector and reward vector.
+    ``score_preferences(preferences)``: for each row p of the ``[M, N]`` array (each on the simplex), generate on
+    the module's fixed evaluation inputs conditioned on p and return a dict:
+
+    - ``"rewards"``: ``[M, N]`` float array, the mean *normalised* reward of each objective per preference (the
+      Pareto front, hypervolume and orderings are computed on these);
+    - ``"raw_rewards"``: ``[M, N]``, the same before normalisation;
+    - ``"shares"``: ``[M, N]`` mean control score s(R~) per preference, or ``None`` (used for ``ctl_error``);
+    - ``"examples"``: a list of dicts ``{"preference": tuple, "prompt": str, "response": str, "rewards": tuple}``
+      (may be empty) for the text table.
+
+    It must return the same numbers on every rank (the same weights and a fixed evaluation generator)."""
+
+    objective_names: tuple
+
+    def score_preferences(self, preferences: object) -> dict:  # pragma: no cover - protocol
         ...
