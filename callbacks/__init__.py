@@ -4,6 +4,7 @@ from callbacks.drift import ConceptDriftCallback
 from callbacks.global_batch import GlobalBatchSize
 from callbacks.heatmap import NavigationHeatmapCallback
 from callbacks.loss_spike_probe import LossSpikeProbe
+from callbacks.pareto import ParetoFrontEvalCallback
 from callbacks.process_reward import ProcessRewardRelabelCallback
 from callbacks.rank_consistency import RankConsistencyCheck
 from callbacks.regrowth_warmup import RegrowthWarmup
@@ -25,4 +26,5 @@ __all__: list[str] = [
     "NavigationHeatmapCallback",
     "EpisodeVideoCallback",
     "ProcessRewardRelabelCallback",
+    "ParetoFrontEvalCallback",
 ]

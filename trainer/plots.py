@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["bar_figure", "heatmap_figure", "histogram_figure", "log_figure", "scatter_figure"]
+__all__ = ["bar_figure", "heatmap_figure", "histogram_figure", "log_figure", "pareto_figure", "scatter_figure"]
 
 
 def bar_figure(
@@ -104,3 +104,73 @@ def log_figure(trainer: Any, tag: str, figure: Any, step: int | None = None) -> 
                     logger.experiment.add_figure(tag, figure, global_step=trainer.global_step if step is None else step)
     finally:
         plt.close(figure)
+
+
+def pareto_figure(
+    seen_prefs: Any,
+    seen_rewards: Any,
+    unseen_prefs: Any,
+    unseen_rewards: Any,
+    objective_names: Sequence[str],
+    initial: Any = None,
+    ref: Any = None,
+    shares: Any = None,
+) -> Any:
+    """The Pareto plot of one evaluation (moc.md §8, "Pareto plot image").
+
+    Mean normalised reward vectors per preference coloured by p₁; seen preferences are filled markers joined in
+    grid order (N = 2), unseen ones hollow; the initial policy's seen points are grey crosses and the reference
+    point a red star. N = 2: one axes. N ≥ 3: the three pairwise projections of the first three objectives, and
+    the achieved share s against the preference p (all objectives, seen grid) when ``shares`` is given.
+    ``unseen_prefs``/``unseen_rewards``, ``initial``, ``ref`` and ``shares`` may be None.
+    """
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    sp, sr = np.asarray(seen_prefs, float), np.asarray(seen_rewards, float)
+    up = None if unseen_prefs is None else np.asarray(unseen_prefs, float)
+    ur = None if unseen_rewards is None else np.asarray(unseen_rewards, float)
+    init = None if initial is None else np.asarray(initial, float)
+    refp = None if ref is None else np.asarray(ref, float)
+    names = [str(n) for n in objective_names]
+    cmap, norm = plt.get_cmap("viridis"), Normalize(0.0, 1.0)
+
+    def front(ax: Any, i: int, j: int, join: bool) -> Any:
+        if join:
+            ax.plot(sr[:, i], sr[:, j], color="grey", lw=0.7, zorder=1)
+        sc = ax.scatter(sr[:, i], sr[:, j], c=sp[:, 0], cmap=cmap, norm=norm, s=28, zorder=3, label="seen p")
+        if ur is not None and len(ur):
+            ax.scatter(ur[:, i], ur[:, j], facecolors="none", edgecolors=cmap(norm(up[:, 0])), s=28,
+                       linewidths=1.2, zorder=3, label="unseen p")  # fmt: skip
+        if init is not None and len(init):
+            ax.scatter(init[:, i], init[:, j], marker="x", color="grey", s=18, zorder=2, label="initial policy")
+        if refp is not None:
+            ax.scatter([refp[i]], [refp[j]], marker="*", color="red", s=70, zorder=4, label="reference point")
+        ax.set_xlabel(f"R {names[i]} (normalised)")
+        ax.set_ylabel(f"R {names[j]} (normalised)")
+        return sc
+
+    if sp.shape[1] == 2:
+        fig, ax = plt.subplots(figsize=(5.2, 4.2), layout="constrained")
+        sc = front(ax, 0, 1, join=True)
+        ax.legend(fontsize=7, loc="best")
+        fig.colorbar(sc, ax=ax, label=f"p {names[0]}")
+    else:
+        fig, axes = plt.subplots(2, 2, figsize=(8.4, 7.2), layout="constrained")
+        for ax, (i, j) in zip(axes.flat, [(0, 1), (0, 2), (1, 2)]):
+            sc = front(ax, i, j, join=False)
+        axes[0, 0].legend(fontsize=6, loc="best")
+        fig.colorbar(sc, ax=list(axes.flat), label=f"p {names[0]}")
+        ax = axes[1, 1]
+        if shares is None:
+            ax.axis("off")
+        else:
+            s = np.asarray(shares, float)
+            for k in range(s.shape[1]):
+                ax.scatter(sp[:, k], s[:, k], s=12, alpha=0.7, label=names[k])
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+            ax.set_xlabel("preference p_k")
+            ax.set_ylabel("achieved share s_k")
+            ax.legend(fontsize=6)
+    fig.suptitle("Pareto front (mean normalised rewards per preference)", fontsize=9)
+    return fig
