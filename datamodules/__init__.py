@@ -14,5 +14,7 @@ from datamodules.text_games import (
     ToyTextGameDataModule,
 )
 from datamodules.text import RepeatedTokensDataModule, TextCorpusDataModule
+from datamodules.preference_prompts import PreferencePromptDataModule
+from datamodules.mo_toys import FishwoodDataModule
 
-__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule", "EtoTrajectoryDataModule", "ScienceWorldDataModule", "TextWorldExpressDataModule", "TextWorldGamesDataModule", "ToyTextGameDataModule"]
+__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule", "EtoTrajectoryDataModule", "ScienceWorldDataModule", "TextWorldExpressDataModule", "TextWorldGamesDataModule", "ToyTextGameDataModule", "PreferencePromptDataModule", "FishwoodDataModule"]

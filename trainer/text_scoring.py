@@ -47,9 +47,11 @@ from trainer.text import EOS_TOKEN, PAD_TOKEN, build_causal_lm, load_tokenizer
 
 __all__ = [
     "BYTE_CHAT_TEMPLATE",
+    "CHAR_ALPHABET",
     "DEFAULT_SYSTEM_PROMPT",
     "FrozenTextEncoder",
     "byte_tokenizer",
+    "char_tokenizer",
     "candidate_log_softmax",
     "candidate_logliks",
     "format_prompt",
@@ -60,6 +62,9 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 # byte tokenizer and tiny LM
 # ----------------------------------------------------------------------------------------------
+
+#: The unknown-character token of :func:`char_tokenizer`.
+UNK_TOKEN = "<|unk|>"
 
 #: The chat template of :func:`byte_tokenizer`: ``<|role|>\ncontent\n`` per message, then ``<|assistant|>\n``.
 BYTE_CHAT_TEMPLATE = (
@@ -101,6 +106,32 @@ def byte_tokenizer() -> Any:
     tok = PreTrainedTokenizerFast(tokenizer_object=tok_obj, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
     tok.chat_template = BYTE_CHAT_TEMPLATE
     return tok
+
+
+#: The alphabet of :func:`char_tokenizer` (moc.md §5: a–z, 0–9, space, and the punctuation of the preference tag).
+CHAR_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 .:<>/|"
+
+
+def char_tokenizer(alphabet: str = CHAR_ALPHABET) -> Any:
+    """A character-level ``PreTrainedTokenizerFast`` built in code (moc.md §5 "Tiny causal LM").
+
+    Ids: 0 ``<|endoftext|>`` (EOS), 1 ``<|pad|>`` (PAD), 2 ``<|unk|>``, then ``3 + i`` for ``alphabet[i]``. Text is
+    lowercased; characters outside the alphabet become ``<|unk|>``. Decoding concatenates the characters. No chat
+    template: prompts are plain text.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if len(set(alphabet)) != len(alphabet) or not alphabet:
+        raise ValueError(f"char_tokenizer: the alphabet must be non-empty with unique characters, got {alphabet!r}")
+    vocab = {EOS_TOKEN: 0, PAD_TOKEN: 1, UNK_TOKEN: 2}
+    vocab.update({ch: 3 + i for i, ch in enumerate(alphabet)})
+    tok_obj = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    tok_obj.normalizer = normalizers.Lowercase()
+    tok_obj.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok_obj.decoder = decoders.Fuse()
+    tok_obj.add_special_tokens([EOS_TOKEN, PAD_TOKEN, UNK_TOKEN])
+    return PreTrainedTokenizerFast(tokenizer_object=tok_obj, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, unk_token=UNK_TOKEN)
 
 
 def tiny_causal_lm(tokenizer: Any, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0) -> nn.Module:
