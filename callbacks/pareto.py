@@ -17,7 +17,7 @@ for N = 3) and the unseen grid ``unseen_grid(N, grid_step)`` (its midpoints), th
 - logs the Pareto plot ``<name>/front`` (:func:`trainer.plots.pareto_figure`) and the example table
   ``<name>/examples`` (p | prompt | response | R per objective) to TensorBoard;
 - writes ``pareto_epoch{E:03d}.csv`` (E = epochs completed, 0 for the initial policy; columns split, p_1..p_N,
-  R_1..R_N normalised, raw_1..raw_N, ref_1..ref_N, non_dominated) into ``trainer.log_dir``.
+  R_1..R_N (in ``reward_space``), raw_1..raw_N, ref_1..ref_N, non_dominated) into ``trainer.log_dir``.
 
 The reference point (moc.md §3 "Defaults"; §4: never compare hypervolumes over different reference points) is
 the ``ref_point`` argument or, when it is None, the component-wise minimum of the initial policy's seen
@@ -73,13 +73,17 @@ class ParetoFrontEvalCallback(StatefulCallback):
         grid_step: step of the seen grid ``simplex_grid(N, grid_step)``; must divide 1. Default 0.1 (moc.md §3
             "Defaults": 11 preferences for N = 2, 66 for N = 3).
         eval_unseen: also score the unseen grid (the midpoints, ``unseen_grid(N, grid_step)``). Default True.
-        ref_point: the hypervolume reference point, one value per objective (normalised rewards), or None to
+        ref_point: the hypervolume reference point, one value per objective (in ``reward_space``), or None to
             measure it from the initial policy (min of its seen rewards minus ``ref_margin``). Default None.
         ref_margin: the margin below the initial policy's minimum when ``ref_point`` is None. Default 0.1.
         eval_at_start: log a full evaluation of the initial policy before the first training batch. Default True.
         save_csv: write the front of every evaluation as ``pareto_epoch{E:03d}.csv``. Default True.
         example_preferences: at most this many preferences, spread over the grid, in the example text table
             (0: no table). Default 5.
+        reward_space: the rewards the front, hypervolume and orderings are computed on: ``normalised`` (moc.md §3,
+            R̃ with the module's μ, σ of the initial policy; default) or ``raw`` (the reward models' own units, the
+            same for every seed and method, e.g. fractions in [0, 1] for the synthetic task); ``ref_point`` is in
+            the same space. The CSV's ``R_k`` columns hold the rewards of this space.
     """
 
     _state_attrs = ("ref_point", "initial", "history")
@@ -95,8 +99,12 @@ class ParetoFrontEvalCallback(StatefulCallback):
         eval_at_start: bool = True,
         save_csv: bool = True,
         example_preferences: int = 5,
+        reward_space: str = "normalised",
     ) -> None:
         super().__init__(name)
+        if reward_space not in ("normalised", "raw"):
+            raise ValueError(f"ParetoFrontEvalCallback: reward_space must be 'normalised' or 'raw', got {reward_space!r}")
+        self.reward_space = reward_space
         if isinstance(every_n_epochs, bool) or int(every_n_epochs) != every_n_epochs or every_n_epochs < 1:
             raise ValueError(f"ParetoFrontEvalCallback: every_n_epochs must be an integer >= 1, got {every_n_epochs}")
         try:
@@ -234,9 +242,10 @@ class ParetoFrontEvalCallback(StatefulCallback):
                 )
             return a
 
+        raw = array("raw_rewards", self.reward_space == "raw")
         return {
-            "rewards": array("rewards", True),
-            "raw_rewards": array("raw_rewards", False),
+            "rewards": raw if self.reward_space == "raw" else array("rewards", True),
+            "raw_rewards": raw,
             "shares": array("shares", False),
             "examples": list(out.get("examples") or []),
         }
