@@ -421,7 +421,7 @@ class MOC(pl.LightningModule):
             raise ValueError("MOC: load_in_4bit needs LoRA (lora_rank > 0): 4-bit weights cannot be fine-tuned directly")
         if max_new_tokens < 1 or norm_samples < 2:
             raise ValueError("MOC: max_new_tokens must be ≥ 1 and norm_samples ≥ 2")
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters()
         self.optimizer_fn = optimizer
         self.n_obj = int(num_objectives)
         self.k_obj = self.n_obj + 1  # N quality objectives + the control objective (moc.md §3)

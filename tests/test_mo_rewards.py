@@ -330,3 +330,13 @@ def test_hf_rm_classifier_scores_the_class_1_logit(tiny_rm_dirs):
     responses = ["ha ha, very funny", "the report is due friday", ""]
     out = build_reward(f"hf_rm:{path}|response")(["p"] * 3, responses)
     torch.testing.assert_close(out, _manual_scores(path, [t or " " for t in responses], 1), atol=1e-5, rtol=1e-5)
+
+
+def test_char_frac_reward_and_label():
+    from trainer.mo_rewards import build_reward, objective_label
+
+    rm = build_reward("char_frac:zyx")
+    assert [round(float(v), 6) for v in rm(["p", "p"], ["xyZ ab1", "   "])] == [0.5, 0.0]
+    assert objective_label("char_frac:xyz") == "xyz" and objective_label("char_frac:.:") == "chars"
+    with pytest.raises(ValueError, match="char_frac needs"):
+        build_reward("char_frac:")

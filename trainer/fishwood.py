@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from trainer.pareto import non_dominated
+
 __all__ = [
     "FISHWOOD_OBJECTIVES",
     "MOVE",
@@ -215,8 +217,7 @@ def split_returns(
 def _non_dominated(points: np.ndarray) -> np.ndarray:
     """The distinct maximisation-non-dominated rows, sorted by the first column (then the second)."""
     pts = np.unique(np.round(points, 12), axis=0)
-    keep = [not np.any(np.all(pts >= p, axis=1) & np.any(pts > p, axis=1)) for p in pts]
-    front = pts[np.asarray(keep, dtype=bool)]
+    front = pts[non_dominated(pts)]
     return front[np.lexsort((front[:, 1], front[:, 0]))]
 
 

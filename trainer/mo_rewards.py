@@ -22,6 +22,9 @@ spec                            raw reward of a response
 ``digit_frac``                  fraction of its non-whitespace characters in ``0-9``; 0 for a blank response.
                                 No character is both, so ``vowel_frac + digit_frac <= 1``: the linear front
                                 of the synthetic task (moc.md §5)
+``char_frac:<chars>``           fraction of its non-whitespace characters among ``<chars>`` (case-insensitive); label:
+                                ``<chars>`` when alphanumeric, else ``chars``. With disjoint sets (e.g. ``char_frac:xyz``
+                                beside the two above) the objectives conflict: the 3-objective synthetic task.
 ``neg_length``                  ``-(number of whitespace-separated words)``; also ``neg_length:words``
 ``neg_length:chars``            ``-(number of characters)``, spaces included (``-len(response)``)
 ``keyword:<w>``                 whole-word occurrences of ``w`` divided by the number of words (0 if none).
@@ -91,7 +94,7 @@ __all__ = [
 
 #: The kinds of spec, as listed in error messages.
 REWARD_KINDS: tuple[str, ...] = (
-    "vowel_frac", "digit_frac", "neg_length", "keyword:<w>", "lexicon:<name>", "minilm_sim:<anchor>",
+    "vowel_frac", "digit_frac", "char_frac:<chars>", "neg_length", "keyword:<w>", "lexicon:<name>", "minilm_sim:<anchor>",
     "minilm_sim@hash:<anchor>", "hf_rm:<name>[|response|dialogue]",
 )  # fmt: skip
 
@@ -453,7 +456,7 @@ class HFSequenceReward(_Reward):
 
 
 class _Spec(NamedTuple):
-    kind: str  # vowel_frac | digit_frac | neg_length | keyword | lexicon | minilm_sim | minilm_sim@hash | hf_rm
+    kind: str  # vowel_frac | digit_frac | char_frac | neg_length | keyword | lexicon | minilm_sim | minilm_sim@hash | hf_rm
     arg: str  # the normalised argument ("" if none)
     option: str  # neg_length unit or hf_rm input format ("" if none)
 
@@ -482,6 +485,11 @@ def _parse(spec: str) -> _Spec:
         if sep:
             raise ValueError(f"reward {spec!r}: {kind} takes no argument")
         return _Spec(kind, "", "")
+    if kind == "char_frac":
+        chars = "".join(sorted(set(arg.strip().lower())))
+        if not chars or any(c.isspace() for c in chars):
+            raise ValueError(f"reward {spec!r}: char_frac needs a set of non-space characters (char_frac:<chars>)")
+        return _Spec(kind, chars, "")
     if kind == "neg_length":
         unit = arg.strip() or "words"
         if sep and not arg.strip():
@@ -523,6 +531,8 @@ def _label(parsed: _Spec) -> str:
         return "digits"
     if parsed.kind == "neg_length":
         return "brevity"
+    if parsed.kind == "char_frac":
+        return parsed.arg if parsed.arg.isalnum() else "chars"
     if parsed.kind in ("keyword", "lexicon"):
         return parsed.arg
     if parsed.kind == "hf_rm":
@@ -587,6 +597,8 @@ def build_reward(spec: str) -> RewardModel:
         return CharFractionReward(name, _VOWELS)
     if parsed.kind == "digit_frac":
         return CharFractionReward(name, _DIGITS)
+    if parsed.kind == "char_frac":
+        return CharFractionReward(name, frozenset(parsed.arg) | frozenset(parsed.arg.upper()))
     if parsed.kind == "neg_length":
         return NegLengthReward(name, parsed.option)
     if parsed.kind == "keyword":
