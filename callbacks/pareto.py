@@ -262,7 +262,7 @@ class ParetoFrontEvalCallback(StatefulCallback):
             logger.log_metrics({f"{self.name}/{k}": float(v) for k, v in metrics.items()}, step=step)
         fig = pareto_figure(
             self.seen_grid, seen["rewards"], self.unseen_grid, None if unseen is None else unseen["rewards"],
-            self.objective_names, initial=self.initial, ref=ref, shares=seen["shares"],
+            self.objective_names, initial=self.initial, ref=ref, shares=seen["shares"], space=self.reward_space,
         )  # fmt: skip
         log_figure(trainer, f"{self.name}/front", fig, step)
         table = examples_markdown(seen["examples"], self.objective_names, int(self.example_preferences))

@@ -500,7 +500,10 @@ class MOC(pl.LightningModule):
     # ------------------------------------------------------------------ protocol / wiring
     @property
     def objective_names(self) -> tuple[str, ...]:
-        return self.objective_labels
+        """The objectives' labels: the attached datamodule's (callbacks may ask before this module's ``setup``)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        labels = getattr(dm, "objective_labels", None)
+        return tuple(labels) if labels is not None and len(labels) == self.n_obj else self.objective_labels
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

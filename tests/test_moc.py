@@ -348,3 +348,24 @@ def test_smollm2_runs_a_few_moc_iterations(tmp_path):
     assert changed and all(changed)
     out = model.score_preferences([[1.0, 0.0], [0.0, 1.0]])
     assert np.isfinite(out["rewards"]).all() and out["examples"][0]["response"]
+
+
+def test_four_bit_lora_loading_on_a_local_model(tmp_path):
+    """The paper's single-GPU setting (LoRA over 4-bit NF4 weights via bitsandbytes) on a tiny local LLaMA (CPU)."""
+    pytest.importorskip("peft", reason="LoRA needs the peft package")
+    from trainer.text_scoring import byte_tokenizer, tiny_causal_lm
+
+    tok = byte_tokenizer()
+    tiny_causal_lm(tok, hidden=64, layers=2, heads=4).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model = MOC(model=str(tmp_path), lora_rank=4, load_in_4bit=True, max_new_tokens=4, norm_samples=4,
+                use_chat_template=False)  # fmt: skip
+    assert any(type(m).__name__ == "Linear4bit" for m in model.lm.modules()) and model.ref_lm is None
+    prefs = torch.tensor([[0.5, 0.5]])
+    batch = {**model.generate(["abc"], prefs, seed=0), "prefs": prefs}
+    out = model.policy_outputs(batch)
+    assert torch.allclose(out["logp"], model.policy_outputs(batch, reference=True)["logp"], atol=1e-5)
+    out["logp"].sum().backward()
+    lora = [p for n, p in model.lm.named_parameters() if "lora_" in n]
+    assert lora and all(p.grad is not None for p in lora)
+    assert all(not p.requires_grad for n, p in model.lm.named_parameters() if "lora_" not in n)

@@ -115,8 +115,9 @@ def pareto_figure(
     initial: Any = None,
     ref: Any = None,
     shares: Any = None,
+    space: str = "normalised",
 ) -> Any:
-    """The Pareto plot of one evaluation (moc.md §8, "Pareto plot image").
+    """The Pareto plot of one evaluation (moc.md §8, "Pareto plot image"); ``space`` names the rewards' space.
 
     Mean normalised reward vectors per preference coloured by p₁; seen preferences are filled markers joined in
     grid order (N = 2), unseen ones hollow; the initial policy's seen points are grey crosses and the reference
@@ -146,8 +147,8 @@ def pareto_figure(
             ax.scatter(init[:, i], init[:, j], marker="x", color="grey", s=18, zorder=2, label="initial policy")
         if refp is not None:
             ax.scatter([refp[i]], [refp[j]], marker="*", color="red", s=70, zorder=4, label="reference point")
-        ax.set_xlabel(f"R {names[i]} (normalised)")
-        ax.set_ylabel(f"R {names[j]} (normalised)")
+        ax.set_xlabel(f"R {names[i]} ({space})")
+        ax.set_ylabel(f"R {names[j]} ({space})")
         return sc
 
     if sp.shape[1] == 2:
@@ -172,5 +173,5 @@ def pareto_figure(
             ax.set_xlabel("preference p_k")
             ax.set_ylabel("achieved share s_k")
             ax.legend(fontsize=6)
-    fig.suptitle("Pareto front (mean normalised rewards per preference)", fontsize=9)
+    fig.suptitle(f"Pareto front (mean {space} rewards per preference)", fontsize=9)
     return fig
