@@ -723,9 +723,10 @@ class MOC(pl.LightningModule):
         rewards = rewards - h.kl_beta * kl.unsqueeze(-1)  # per-token KL penalty on every objective (moc.md §3)
         adv, ret = sequence_gae(rewards, cur["values"], mask, h.gamma, h.gae_lambda)  # GAE per objective
         adv = self._scale_advantages(adv, mask)
+        num_groups = int(batch.get("num_groups", 0))
         batch = {k: v for k, v in batch.items() if isinstance(v, Tensor)}
         batch.update(logp_old=cur["logp"].cpu(), values_old=cur["values"].cpu(), adv=adv.cpu(), returns=ret.cpu())
-        weights, c_log = self._rollout_weights(adv, mask, prefs, batch.get("pref_group"), int(batch.get("num_groups", 0)))
+        weights, c_log = self._rollout_weights(adv, mask, prefs, batch.get("pref_group"), num_groups)
         batch["weights"] = weights.cpu()
         n_tok = _dist_sum(mask.sum().reshape(1))[0].clamp(min=1)
         stats = {
@@ -807,8 +808,9 @@ class MOC(pl.LightningModule):
                 if sel.any():
                     gq = normalise_gram(grams[q], h.grad_normalization)
                     weights[sel, :k] = torch.as_tensor(min_norm_weights(gq.cpu().numpy()), dtype=torch.float32, device=adv.device)
-        # mgda_scope == "minibatch": the weights are computed in training_step
         names = [*self.objective_labels, "ctl"]
+        if h.weighting == "min_norm" and h.mgda_scope == "minibatch":
+            return weights, {}  # the weights are computed (and logged) per minibatch in training_step
         return weights, {f"moc/c_{names[i]}": float(weights[:, i].mean()) for i in range(self.k_obj)}
 
     # ------------------------------------------------------------------ training

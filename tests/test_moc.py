@@ -369,3 +369,29 @@ def test_four_bit_lora_loading_on_a_local_model(tmp_path):
     lora = [p for n, p in model.lm.named_parameters() if "lora_" in n]
     assert lora and all(p.grad is not None for p in lora)
     assert all(not p.requires_grad for n, p in model.lm.named_parameters() if "lora_" not in n)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mgda_scope": "minibatch"},
+        {"mgda_scope": "preference_group"},
+        {"control_mode": "objective", "grad_normalization": "l2"},
+        {"control_score": "minmax", "adv_scale": "rollout_std"},
+        {"pref_format": "rank", "pref_position": "append", "adv_scale": "none"},
+        {"pref_format": "embedding"},
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_every_switch_trains(options):
+    pl.seed_everything(0)
+    model = MOC(**{**MOC.unit_test_params(), **options})
+    dm = PreferencePromptDataModule(**{**PreferencePromptDataModule.unit_test_params(), "train_preferences": "grid",
+                                       "train_grid_step": 0.5})  # fmt: skip
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer = _quiet(max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+    c = [float(trainer.callback_metrics[k]) for k in ("moc/c_vowels", "moc/c_digits")]
+    assert all(0.0 <= x <= 1.0 + 1e-6 for x in c)
