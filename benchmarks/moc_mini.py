@@ -1,11 +1,14 @@
 """MOC miniatures (moc.md §7): MOC against linear scalarisation (and fixed weights) with the same budget.
 
-    python benchmarks/moc_mini.py [--env synthetic|synthetic3|fishwood] [--methods moc linear fixed]
+    python benchmarks/moc_mini.py [--env synthetic|synthetic3|fishwood] [--methods moc linear fixed soups]
                                   [--seeds 0 1 2] [--workers 1] [--quick] [--set=--model.init_args.X=Y ...]
 
 Each run is exactly a YAML of ``yaml/moc/`` (``mini_<env>_<method>.yaml``) built with ``TrainerCLI(run=False)``; the
-numbers are those of its ``ParetoFrontEvalCallback`` at the last evaluation (the reference point is fixed in the
-YAML, so hypervolumes compare across methods). ``--quick`` runs 4 rollouts to check the script. Prints the table of
+numbers are those of its ``ParetoFrontEvalCallback`` at the last evaluation (raw rewards and a reference point fixed
+in the YAML, so hypervolumes compare across methods and seeds). The seed sets the LM initialisation, the rollouts and
+the global seed. ``soups`` (synthetic, on request) trains two ``single`` runs of ``mini_synthetic_fixed.yaml`` with
+half the rollouts each and scores their weight interpolations (Rewarded Soups). ``--quick`` runs 4 rollouts to check
+the script. Prints the table of
 moc.md §7 (mean ± sd over seeds), whether the expected effects held, then
 ``RESULT moc_hv=<x> linear_hv=<y> moc_kendall_tau=<z>`` (seen-grid hypervolume and Kendall τ, means over seeds).
 """
@@ -29,6 +32,8 @@ from common import mean_sd, run_in_workers  # noqa: E402
 
 YAML = ROOT / "yaml" / "moc"
 METHODS = {"synthetic": ("moc", "linear", "fixed"), "synthetic3": ("moc", "linear"), "fishwood": ("moc", "linear")}
+#: methods run only when asked for (``--methods soups``): Rewarded Soups from ``single`` runs of the fixed YAML
+OPTIONAL = {"synthetic": ("soups",)}
 COLUMNS = (("hv_seen", "HV seen", 3), ("hv_unseen", "HV unseen", 3), ("kendall_tau", "Kendall τ", 3),
            ("local_order_rate", "local order rate", 2), ("local_order_rate_union", "local order rate (union)", 2),
            ("ctl_error", "mean |s − p|", 3), ("extreme_frac", "points near an extreme", 2),
@@ -44,6 +49,8 @@ def run_job(job: tuple[str, str, int, bool, tuple[str, ...]]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     env, method, seed, quick, extra = job
+    if method == "soups":
+        return run_soup(job)
     args = ["fit", "--config", str(YAML / f"mini_{env}_{method}.yaml"), "--seed_everything", str(seed),
             "--model.init_args.seed", str(seed), "--data.init_args.seed", str(seed),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
@@ -63,6 +70,43 @@ def run_job(job: tuple[str, str, int, bool, tuple[str, ...]]) -> dict[str, Any]:
     return row
 
 
+def run_soup(job: tuple[str, str, int, bool, tuple[str, ...]]) -> dict[str, Any]:
+    """Rewarded Soups (moc.md §3 baselines): N ``single`` runs of ``mini_<env>_fixed.yaml`` with 1/N of the budget
+    each, then every preference p is scored by the policy with weights Σ_k p_k θ_k."""
+    import torch
+
+    from modules.moc import MOC
+    from trainer.cli import TrainerCLI
+    from trainer.pareto import front_metrics
+
+    torch.set_num_threads(1)
+    env, _, seed, quick, extra = job
+    out_dir = Path(tempfile.mkdtemp(prefix="moc_soup_"))
+    t0 = time.perf_counter()
+    paths, cli = [], None
+    for k in range(2):
+        base = ["fit", "--config", str(YAML / f"mini_{env}_fixed.yaml"), "--seed_everything", str(seed),
+                "--model.init_args.seed", str(seed), "--data.init_args.seed", str(seed),
+                "--model.init_args.weighting", "single", "--model.init_args.single_objective", str(k),
+                "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+                "--trainer.default_root_dir", str(out_dir / f"member{k}"), "--trainer.logger", "false"]  # fmt: skip
+        cli = TrainerCLI(args=base + list(extra), run=False)
+        budget = 4 if quick else cli.trainer.max_epochs
+        cli.trainer.fit_loop.max_epochs = budget // 2  # the same total number of rollouts as one MOC run
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        paths.append(str(out_dir / f"member{k}.ckpt"))
+        cli.trainer.save_checkpoint(paths[-1])
+    cb = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ParetoFrontEvalCallback")
+    soup = MOC.load_from_checkpoint(paths[0], soup_members=tuple(paths), map_location="cpu")
+    key = "raw_rewards" if cb.reward_space == "raw" else "rewards"
+    seen, unseen = (soup.score_preferences(g, datamodule=cli.datamodule) for g in (cb.seen_grid, cb.unseen_grid))
+    row = front_metrics(cb.seen_grid, seen[key], cb.ref_point, cb.grid_step, unseen_grid=cb.unseen_grid,
+                        unseen_rewards=unseen[key], shares=seen["shares"])  # fmt: skip
+    row = {k: float(v) for k, v in row.items()}
+    row.update(env=env, method="soups", seed=seed, sec=time.perf_counter() - t0, ref=list(cb.ref_point), epochs=budget)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="synthetic", choices=sorted(METHODS))
@@ -74,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra CLI arguments for every run, e.g. --set=--model.init_args.control_weight=0.5")
     args = ap.parse_args(argv)
     methods = args.methods or list(METHODS[args.env])
-    bad = [m for m in methods if m not in METHODS[args.env]]
+    known = [*METHODS[args.env], *OPTIONAL.get(args.env, ())]
+    bad = [m for m in methods if m not in known]
     if bad:
-        ap.error(f"unknown methods for {args.env}: {bad}; known: {list(METHODS[args.env])}")
+        ap.error(f"unknown methods for {args.env}: {bad}; known: {known}")
     jobs = [(args.env, m, s, args.quick, tuple(args.set)) for m in methods for s in args.seeds]
     rows = list(run_in_workers(run_job, jobs, args.workers)) if args.workers > 1 else [run_job(j) for j in jobs]
     by: dict[str, list[dict[str, Any]]] = {m: [r for r in rows if r["method"] == m] for m in methods}
@@ -114,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                        mean("fixed", "diversity") < 0.25 * mean("moc", "diversity")))  # fmt: skip
     if {"linear", "fixed"} <= set(methods):
         checks.append(("HV(linear) > HV(fixed)", mean("linear", "hv_seen") > mean("fixed", "hv_seen")))
+    if {"moc", "soups"} <= set(methods):
+        checks.append(("HV(MOC) ≥ HV(Rewarded Soups)", mean("moc", "hv_seen") >= mean("soups", "hv_seen")))
     print()
     for name, ok in checks:
         print(f"{'held' if ok else 'NOT held'}: {name}")

@@ -60,7 +60,9 @@ from trainer.pareto import min_norm_weights
 __all__ = ["MOC"]
 
 POLICIES = ("causal_lm", "mlp")
-WEIGHTINGS = ("min_norm", "linear", "fixed")
+WEIGHTINGS = ("min_norm", "linear", "fixed", "single")
+#: weightings whose policy does not see the preference
+BLIND = ("fixed", "single")
 PREF_FORMATS = ("decimal", "rank", "embedding")
 PREF_POSITIONS = ("prepend", "append")
 MGDA_SCOPES = ("rollout", "minibatch", "preference_group")
@@ -309,8 +311,13 @@ class MOC(pl.LightningModule):
         model: the LM for ``causal_lm``: ``"tiny"`` (random-init 2-layer LLaMA over the character tokenizer),
             ``"smollm2-135m-instruct"`` (the packaged checkpoint) or an HF name / local path.
         num_objectives: N, the number of reward objectives; must match the datamodule's objectives.
-        weighting: ``min_norm`` (MOC), ``linear`` (conditioned linear scalarisation, c = p, no control term) or
-            ``fixed`` (p not shown, c = 1/N).
+        weighting: ``min_norm`` (MOC), ``linear`` (conditioned linear scalarisation, c = p, no control term),
+            ``fixed`` (p not shown, c = 1/N) or ``single`` (p not shown, objective ``single_objective`` alone: one
+            member of a Rewarded Soup).
+        single_objective: the objective a ``single`` run optimises (0-based).
+        soup_members: Rewarded-Soups evaluation (moc.md §3 baselines, a predict-time option): checkpoints of N
+            ``single`` runs, one per objective in order; ``score_preferences`` then evaluates, for each p, the
+            policy whose trainable weights are Σ_k p_k θ_k (this module's own weights are restored afterwards).
         control_term: train the control objective (k = N + 1) at all (``min_norm`` only).
         control_mode: how the control objective enters the ``min_norm`` step (a reconstruction either way):
             ``constraint`` (default): c is the min-norm solution over the N quality objectives and the control loss
@@ -367,6 +374,8 @@ class MOC(pl.LightningModule):
         model: str = "tiny",
         num_objectives: int = 2,
         weighting: str = "min_norm",
+        single_objective: int = 0,
+        soup_members: tuple[str, ...] = (),
         control_term: bool = True,
         control_mode: str = "constraint",
         control_weight: float = 1.0,
@@ -413,6 +422,10 @@ class MOC(pl.LightningModule):
         ):  # fmt: skip
             if value not in allowed:
                 raise ValueError(f"MOC: {name} must be one of {allowed}, got {value!r}")
+        if not 0 <= int(single_objective) < int(num_objectives):
+            raise ValueError(f"MOC: single_objective must be in [0, {num_objectives}), got {single_objective}")
+        if soup_members and len(soup_members) != int(num_objectives):
+            raise ValueError(f"MOC: soup_members needs one checkpoint per objective ({num_objectives}), got {len(soup_members)}")
         if int(num_objectives) < 1:
             raise ValueError(f"MOC: num_objectives must be ≥ 1, got {num_objectives}")
         if not 0 < clip_eps < 1:
@@ -516,10 +529,40 @@ class MOC(pl.LightningModule):
             raise ValueError(f"MOC: policy={self.hparams.policy!r} does not fit {type(dm).__name__}")
         self.objective_labels = labels
 
-    def score_preferences(self, preferences: Any) -> dict[str, Any]:
-        """Generate on the datamodule's fixed evaluation inputs for each preference row and score them (protocol)."""
+    def score_preferences(self, preferences: Any, datamodule: Any = None) -> dict[str, Any]:
+        """Generate on the datamodule's fixed evaluation inputs for each preference row and score them (protocol).
+
+        With ``soup_members`` every row is scored by the interpolated policy Σ_k p_k θ_k (Rewarded Soups).
+        """
         p = check_preferences(preferences, self.n_obj)
-        return self.trainer.datamodule.evaluate_preferences(self, p)
+        dm = datamodule if datamodule is not None else self.trainer.datamodule
+        if not self.hparams.soup_members:
+            return dm.evaluate_preferences(self, p)
+        members = [self._member_weights(path) for path in self.hparams.soup_members]
+        own = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        names = {n for n, q in self.named_parameters() if q.requires_grad}
+        parts = []
+        try:
+            for row in p:
+                mix = {k: sum(float(w) * m[k].to(v.dtype) for w, m in zip(row, members)) if k in names else v
+                       for k, v in own.items()}  # fmt: skip
+                self.load_state_dict(mix)
+                parts.append(dm.evaluate_preferences(self, row[None]))
+        finally:
+            self.load_state_dict(own)
+        out = {key: np.concatenate([q[key] for q in parts]) for key in ("rewards", "raw_rewards", "shares")}
+        out["examples"] = [e for q in parts for e in q["examples"]]
+        return out
+
+    def _member_weights(self, path: str) -> dict[str, Tensor]:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        except (OSError, KeyError) as err:
+            raise ValueError(f"MOC: soup member {path!r} is not a readable Lightning checkpoint ({err})") from None
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing:
+            raise ValueError(f"MOC: soup member {path!r} does not match this model (missing {missing[:3]})")
+        return state
 
     # ------------------------------------------------------------------ rewards
     def set_reward_stats(self, raw: Tensor) -> None:
@@ -543,7 +586,7 @@ class MOC(pl.LightningModule):
     def prompt_text(self, prompt: str, pref: Sequence[float]) -> str:
         """The prompt the LM sees for one preference (``fixed`` shows none)."""
         h = self.hparams
-        tag = "" if h.weighting == "fixed" else render_preference(pref, self.objective_labels, h.pref_format)
+        tag = "" if h.weighting in BLIND else render_preference(pref, self.objective_labels, h.pref_format)
         text = compose_prompt(prompt, tag, h.pref_position)
         tok = self.tokenizer
         if h.use_chat_template and getattr(tok, "chat_template", None):
@@ -551,7 +594,7 @@ class MOC(pl.LightningModule):
         return text
 
     def _soft(self) -> bool:
-        return self.hparams.pref_format == "embedding" and self.hparams.weighting != "fixed"
+        return self.hparams.pref_format == "embedding" and self.hparams.weighting not in BLIND
 
     def encode_prompts(self, prompts: Sequence[str], prefs: Tensor) -> dict[str, Tensor]:
         """Left-padded prompt ids ``[B, L]`` and attention mask (a placeholder first token for the soft prefix)."""
@@ -669,7 +712,7 @@ class MOC(pl.LightningModule):
     # ------------------------------------------------------------------ MDP policy
     def _mlp_input(self, obs: Tensor, prefs: Tensor) -> Tensor:
         p = prefs.to(obs.device, obs.dtype)
-        if self.hparams.weighting == "fixed":
+        if self.hparams.weighting in BLIND:
             p = torch.zeros_like(p)  # p is not shown to the fixed-weights baseline
         while p.dim() < obs.dim():
             p = p.unsqueeze(-2)
@@ -787,6 +830,8 @@ class MOC(pl.LightningModule):
             weights[:, : self.n_obj] = prefs  # c_k = p_k per sample, no control term (moc.md §3 baselines)
         elif h.weighting == "fixed":
             weights[:, : self.n_obj] = 1.0 / self.n_obj
+        elif h.weighting == "single":
+            weights[:, h.single_objective] = 1.0  # one Rewarded-Soups member: RL on objective k alone
         elif h.mgda_scope == "rollout":
             # ρ = 1 right after collection: g_k = −(1/n) A^k, so G is a Gram matrix of advantage vectors (moc.md §3)
             n = _dist_sum(mask.sum().reshape(1))[0].clamp(min=1)

@@ -395,3 +395,30 @@ def test_every_switch_trains(options):
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
     c = [float(trainer.callback_metrics[k]) for k in ("moc/c_vowels", "moc/c_digits")]
     assert all(0.0 <= x <= 1.0 + 1e-6 for x in c)
+
+
+def test_rewarded_soup_interpolates_member_weights(tmp_path):
+    """Rewarded Soups: p = e_k scores exactly member k; a mixed p scores the interpolated weights."""
+    dm_params = PreferencePromptDataModule.unit_test_params()
+    paths = []
+    for k in range(2):
+        pl.seed_everything(k)
+        member = MOC(**{**MOC.unit_test_params(), "weighting": "single", "single_objective": k})
+        trainer = _quiet(max_epochs=1)
+        trainer.fit(member, datamodule=PreferencePromptDataModule(**dm_params))
+        paths.append(str(tmp_path / f"m{k}.ckpt"))
+        trainer.save_checkpoint(paths[-1])
+    assert "pref" not in member.prompt_text("abcd", [0.5, 0.5])  # members do not see p
+    dm = PreferencePromptDataModule(**dm_params)
+    dm.setup("fit")
+    soup = MOC.load_from_checkpoint(paths[0], soup_members=tuple(paths), map_location="cpu")
+    before = {k: v.clone() for k, v in soup.state_dict().items()}
+    got = soup.score_preferences([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], datamodule=dm)
+    for k in range(2):
+        alone = MOC.load_from_checkpoint(paths[k], map_location="cpu")
+        alone.load_state_dict({**alone.state_dict(), **{n: v for n, v in before.items() if "reward_" in n or "adv_" in n}})
+        ref = alone.score_preferences([[1.0, 0.0]] if k == 0 else [[0.0, 1.0]], datamodule=dm)
+        assert np.array_equal(got["raw_rewards"][k], ref["raw_rewards"][0])
+    assert all(torch.equal(before[k], v) for k, v in soup.state_dict().items())  # own weights restored
+    with pytest.raises(ValueError, match="one checkpoint per objective"):
+        MOC(soup_members=(paths[0],))
