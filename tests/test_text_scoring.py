@@ -306,3 +306,15 @@ def test_smollm2_prefers_the_sensible_action():
     torch.testing.assert_close(scores, again, atol=1e-4, rtol=0)
     assert n.tolist() == [3, 3]  # two word tokens + <|im_end|>
     assert scores[0] > scores[1], scores.tolist()
+
+
+def test_char_tokenizer_ids_and_round_trip():
+    from trainer.text_scoring import CHAR_ALPHABET, char_tokenizer
+
+    tok = char_tokenizer()
+    assert len(tok) == 3 + len(CHAR_ALPHABET) and tok.eos_token_id == 0 and tok.pad_token_id == 1
+    ids = tok("Ab 9!", add_special_tokens=False)["input_ids"]
+    assert ids == [3, 4, 3 + CHAR_ALPHABET.index(" "), 3 + CHAR_ALPHABET.index("9"), tok.unk_token_id]
+    assert tok.decode(tok("<pref> x: 0.50 </pref>")["input_ids"]) == "<pref> x: 0.50 </pref>"
+    with pytest.raises(ValueError, match="unique"):
+        char_tokenizer("aa")
