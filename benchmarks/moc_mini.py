@@ -36,7 +36,7 @@ METHODS = {"synthetic": ("moc", "linear", "fixed"), "synthetic3": ("moc", "linea
 OPTIONAL = {"synthetic": ("soups",)}
 COLUMNS = (("hv_seen", "HV seen", 3), ("hv_unseen", "HV unseen", 3), ("kendall_tau", "Kendall τ", 3),
            ("local_order_rate", "local order rate", 2), ("local_order_rate_union", "local order rate (union)", 2),
-           ("ctl_error", "mean |s − p|", 3), ("extreme_frac", "points near an extreme", 2),
+           ("ctl_error", "mean abs(s − p)", 3), ("extreme_frac", "points near an extreme", 2),
            ("front_size", "non-dominated points", 1), ("diversity", "spread (mean pairwise distance)", 3),
            ("sec", "wall-clock s", 0))  # fmt: skip
 
