@@ -1,0 +1,173 @@
+"""Procedural Earth-observation-like scenes for the REOBench miniatures (reobench.md §5 "Offline").
+
+Our own generator, numpy only: top-down RGB scenes of six land-cover classes drawn from simple textures,
+with photometric jitter, plus Voronoi mosaics of several classes whose segmentation mask is known by construction.
+Every scene is a pure function of ``(class, size, numpy Generator)``, so a dataset is a pure function of its seed.
+
+| class | texture (reobench.md §5) |
+|---|---|
+| farmland | parallel stripes (period 4–10 px, random orientation, 2–3 green / yellow / brown tones) |
+| forest | dense dark-green crown blobs (radius 1.5–3 px) on a darker background |
+| water | smooth blue with low-frequency ripples |
+| urban | a grid of grey / red roofs (4–10 px) with 1 px shadows, randomly rotated |
+| road | 1–3 grey lines (1–3 px wide) on grass or soil, crossing |
+| bare_soil | brown fractal (1/f) noise |
+
+Each image gets ±10 % brightness and a small hue shift (a channel mix). Images are float32 H×W×3 in [0, 1].
+Not yet here (issue 10, later): urban roof boxes, template captions / QA, and the datamodules around these scenes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["SCENE_CLASSES", "classification_scenes", "mosaic_scene", "scene_image"]
+
+#: The six classes, in label order (reobench.md §5 table).
+SCENE_CLASSES: tuple[str, ...] = ("farmland", "forest", "water", "urban", "road", "bare_soil")
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    return yy, xx
+
+
+def _smooth_noise(size: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """Noise with a 1/f^exponent spectrum, normalised to [0, 1]."""
+    f = np.fft.fftfreq(size)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    radius = np.sqrt(fx**2 + fy**2)
+    radius[0, 0] = 1.0
+    spectrum = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))) / radius**exponent
+    spectrum[0, 0] = 0.0
+    field = np.real(np.fft.ifft2(spectrum))
+    return ((field - field.min()) / (np.ptp(field) + 1e-12)).astype(np.float32)
+
+
+def _farmland(size: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = _grid(size)
+    theta = rng.uniform(0, math.pi)
+    period = rng.uniform(4, 10)
+    tones = np.array([[0.35, 0.55, 0.2], [0.75, 0.7, 0.3], [0.5, 0.35, 0.2]], dtype=np.float32)
+    k = int(rng.integers(2, 4))
+    palette = tones[rng.permutation(3)[:k]]
+    phase = (xx * math.cos(theta) + yy * math.sin(theta)) / period
+    band = np.floor(phase).astype(np.int64) % k
+    return palette[band]
+
+
+def _forest(size: int, rng: np.random.Generator) -> np.ndarray:
+    img = np.empty((size, size, 3), dtype=np.float32)
+    img[:] = np.array([0.06, 0.18, 0.06], dtype=np.float32)
+    yy, xx = _grid(size)
+    n = int(size * size / 12)
+    for cy, cx, r, g in zip(rng.uniform(0, size, n), rng.uniform(0, size, n), rng.uniform(1.5, 3, n), rng.uniform(0.25, 0.4, n)):
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img[inside] = (0.08, g, 0.08)
+    return img
+
+
+def _water(size: int, rng: np.random.Generator) -> np.ndarray:
+    ripple = _smooth_noise(size, rng, exponent=2.5)
+    base = np.array([0.1, 0.25, 0.55], dtype=np.float32)
+    return base + 0.08 * (ripple[..., None] - 0.5)
+
+
+def _urban(size: int, rng: np.random.Generator) -> np.ndarray:
+    img = np.empty((size, size, 3), dtype=np.float32)
+    img[:] = (0.55, 0.55, 0.52)  # pavement
+    yy, xx = _grid(size)
+    theta = rng.uniform(0, math.pi / 2)
+    u = xx * math.cos(theta) + yy * math.sin(theta)
+    v = -xx * math.sin(theta) + yy * math.cos(theta)
+    cell = rng.uniform(6, 12)
+    roof = rng.uniform(4, min(10, cell - 1))
+    iu, iv = np.floor(u / cell), np.floor(v / cell)
+    fu, fv = u - iu * cell, v - iv * cell
+    on_roof = (fu < roof) & (fv < roof)
+    shadow = ((fu >= roof) & (fu < roof + 1) & (fv < roof + 1)) | ((fv >= roof) & (fv < roof + 1) & (fu < roof + 1))
+    red = ((iu * 7 + iv * 13).astype(np.int64) + int(rng.integers(0, 2))) % 2 == 0
+    img[on_roof & red] = (0.65, 0.25, 0.2)
+    img[on_roof & ~red] = (0.45, 0.45, 0.48)
+    img[shadow] = (0.2, 0.2, 0.22)
+    return img
+
+
+def _road(size: int, rng: np.random.Generator) -> np.ndarray:
+    ground = np.array([0.35, 0.5, 0.25] if rng.random() < 0.5 else [0.5, 0.4, 0.28], dtype=np.float32)
+    img = np.empty((size, size, 3), dtype=np.float32)
+    img[:] = ground
+    img += 0.04 * (_smooth_noise(size, rng, exponent=1.5)[..., None] - 0.5)
+    yy, xx = _grid(size)
+    angles = rng.uniform(0, math.pi, int(rng.integers(1, 4)))
+    if len(angles) > 1:
+        angles[1] = angles[0] + rng.uniform(math.pi / 4, 3 * math.pi / 4)  # crossings
+    for a in angles:
+        c = rng.uniform(0.3, 0.7) * size
+        dist = np.abs((xx - c) * math.sin(a) - (yy - c) * math.cos(a))
+        img[dist <= rng.uniform(0.5, 1.5)] = (0.42, 0.42, 0.42)
+    return img
+
+
+def _bare_soil(size: int, rng: np.random.Generator) -> np.ndarray:
+    noise = _smooth_noise(size, rng, exponent=1.0)
+    base = np.array([0.5, 0.36, 0.22], dtype=np.float32)
+    return base * (0.75 + 0.5 * noise[..., None])
+
+
+_TEXTURES: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
+    "farmland": _farmland, "forest": _forest, "water": _water, "urban": _urban, "road": _road, "bare_soil": _bare_soil,
+}  # fmt: skip
+
+
+def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """±10 % brightness and a small hue shift: a channel mix close to the identity (reobench.md §5)."""
+    mix = np.eye(3, dtype=np.float32) + rng.uniform(-0.05, 0.05, size=(3, 3)).astype(np.float32)
+    out = img @ mix.T * np.float32(rng.uniform(0.9, 1.1))
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def scene_image(name: str, size: int, rng: np.random.Generator, jitter: bool = True) -> np.ndarray:
+    """One ``size`` × ``size`` scene of class ``name`` (float32 H×W×3 in [0, 1])."""
+    if name not in _TEXTURES:
+        raise ValueError(f"unknown scene class {name!r}; known: {list(SCENE_CLASSES)}")
+    if int(size) < 8:
+        raise ValueError(f"scene size must be ≥ 8 px, got {size}")
+    img = np.clip(_TEXTURES[name](int(size), rng), 0.0, 1.0).astype(np.float32)
+    return _jitter(img, rng) if jitter else img
+
+
+def classification_scenes(n_per_class: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n_per_class`` single-class scenes of every class: images ``[N, size, size, 3]`` float32 and labels ``[N]``.
+
+    Scene ``i`` of class ``c`` is drawn from its own generator seeded by ``(seed, c, i)``, so a dataset's first
+    scenes do not depend on how many are drawn.
+    """
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be ≥ 1, got {n_per_class}")
+    images, labels = [], []
+    for c, name in enumerate(SCENE_CLASSES):
+        for i in range(n_per_class):
+            rng = np.random.default_rng([int(seed), c, i])
+            images.append(scene_image(name, size, rng))
+            labels.append(c)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def mosaic_scene(size: int, rng: np.random.Generator, cells: tuple[int, int] = (3, 6)) -> tuple[np.ndarray, np.ndarray]:
+    """A Voronoi mosaic of 3–6 cells, each a scene of a random class; returns the image and its class mask ``[H, W]``."""
+    n = int(rng.integers(cells[0], cells[1] + 1))
+    centres = rng.uniform(0, size, size=(n, 2))
+    classes = rng.integers(0, len(SCENE_CLASSES), size=n)
+    yy, xx = _grid(size)
+    d = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
+    cell = d.argmin(-1)
+    mask = classes[cell].astype(np.int64)
+    img = np.zeros((size, size, 3), dtype=np.float32)
+    for k in range(n):
+        inside = cell == k
+        img[inside] = scene_image(SCENE_CLASSES[int(classes[k])], size, rng, jitter=False)[inside]
+    return _jitter(img, rng), mask
