@@ -1,0 +1,470 @@
+"""REOBench image corruptions: 12 seeded functions, a plasma fractal, a registry and seeding.
+
+Paper: "REOBench: Benchmarking Robustness of Earth Observation Foundation Models"; this file
+implements the corruption part of its specification, ``/work/shared/papers/reobench.md`` §3
+("Corruptions and metrics": the 12-row parameter table, the plasma fractal paragraph and the
+geometric-target paragraph) and avoids the defects of §4.1 (no ``imagecorruptions`` dependency,
+no global NumPy RNG, NumPy-2 safe, 3-channel images only).
+
+Every corruption is a pure function ``f(img, severity, rng) -> img``: ``img`` is a float32 or
+float64 H×W×3 array in [0, 1], ``severity`` an int in 1..5 (0 is the identity and returns a copy),
+``rng`` a :class:`numpy.random.Generator`. The output has the input's shape and dtype and is
+clipped to [0, 1]. Per-severity values live in :data:`PARAMS` (read at call time, so they can be
+changed). Spatial parameters (pixels) are defined at a 224 px reference and multiplied by
+``min(H, W) / 224`` (ours, §3).
+
+:func:`corrupt` validates the input, seeds the generator and, for the geometric corruptions,
+warps an optional target (mask: nearest neighbour; boxes: enclosing box of the warped corners)
+with the same affine matrix as the image. :func:`sample_seed` gives a stable per-sample seed.
+
+Deviations / choices (all "ours" where §3 says so): salt-and-pepper flips each element
+independently with probability ``amount``; data gaps zero exactly ``round(fraction · H)`` rows;
+translation direction is uniform on the circle, its length a fraction of each axis' size.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+__all__ = [
+    "CORRUPTIONS",
+    "FAMILIES",
+    "PARAMS",
+    "REFERENCE_SIDE",
+    "brightness_contrast",
+    "clouds",
+    "compression_artifacts",
+    "corrupt",
+    "data_gaps",
+    "gaussian_blur",
+    "gaussian_noise",
+    "geometric_matrix",
+    "haze",
+    "motion_blur",
+    "plasma_fractal",
+    "rotate",
+    "salt_and_pepper_noise",
+    "sample_seed",
+    "scale",
+    "transform_boxes",
+    "translate",
+]
+
+REFERENCE_SIDE = 224  # reobench.md §3: spatial parameters are defined at 224 px
+
+# Per-severity values (severity 1 → 5), reobench.md §3 table; row numbers in the comments.
+PARAMS: dict[str, tuple[Any, ...]] = {
+    "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),  # row 1: σ
+    "salt_and_pepper_noise": (0.03, 0.06, 0.09, 0.17, 0.27),  # row 2: amount
+    "gaussian_blur": (1.0, 2.0, 3.0, 4.0, 6.0),  # row 3: σ px @224
+    "motion_blur": ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),  # row 4: (r, σ) px @224
+    "brightness_contrast": ((0.1, 0.9), (0.2, 0.8), (0.3, 0.7), (0.4, 0.6), (0.5, 0.5)),  # row 5: (b, k)
+    "clouds": (0.10, 0.20, 0.30, 0.45, 0.60),  # row 6: coverage
+    "haze": ((1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)),  # row 7: (c0, decay)
+    "data_gaps": (0.02, 0.05, 0.10, 0.15, 0.20),  # row 8: zeroed-row fraction
+    "compression_artifacts": (25, 18, 15, 10, 7),  # row 9: JPEG quality
+    "rotate": (5.0, 10.0, 15.0, 20.0, 30.0),  # row 10: degrees (random sign)
+    "scale": (0.95, 0.9, 0.8, 0.7, 0.6),  # row 11: zoom-out factor
+    "translate": (0.02, 0.04, 0.06, 0.08, 0.10),  # row 12: fraction of the side
+}
+
+CLOUD_DECAY = 2.0  # reobench.md §3 row 6: plasma decay 2
+CLOUD_SOFTNESS = 0.03  # reobench.md §3 row 6: sigmoid((F − q)/0.03)
+CLOUD_BRIGHTNESS = 0.95  # reobench.md §3 row 6: x' = (1−α)x + 0.95α
+GAP_MAX_STRIPE = 0.03  # reobench.md §3 row 8: stripes of 1 px to 3 % of the side
+MOTION_MAX_ANGLE = 45.0  # reobench.md §3 row 4: θ ∼ U(−45°, 45°)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_image(img: Any) -> None:
+    if not isinstance(img, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(img).__name__}")
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be H×W×3 (3 channels last), got shape {tuple(img.shape)}")
+    if img.dtype == np.uint8:
+        raise ValueError("image dtype uint8 is not supported: convert to float in [0, 1] (img.astype(np.float32) / 255)")
+    if img.dtype not in (np.float32, np.float64):
+        raise ValueError(f"image dtype must be float32 or float64 in [0, 1], got {img.dtype}")
+    if img.size and (not np.isfinite(img).all() or img.min() < -1e-6 or img.max() > 1 + 1e-6):
+        raise ValueError(f"image values must lie in [0, 1], got range [{img.min():.4g}, {img.max():.4g}]")
+
+
+def _check_severity(severity: Any) -> int:
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 0 <= int(severity) <= 5:
+        raise ValueError(f"severity must be an int in 0..5 (1-5 are the severities, 0 is identity), got {severity!r}")
+    return int(severity)
+
+
+def _check_name(name: str) -> None:
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+
+
+def _finish(out: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.clip(out, 0.0, 1.0).astype(like.dtype, copy=False)
+
+
+def _px(value: float, img: np.ndarray) -> float:
+    """A length in px at the 224 px reference, scaled to this image (reobench.md §3)."""
+    return float(value) * min(img.shape[0], img.shape[1]) / REFERENCE_SIDE
+
+
+def _param(name: str, severity: int) -> Any:
+    return PARAMS[name][severity - 1]
+
+
+# ----------------------------------------------------------------------------- plasma fractal
+
+
+def plasma_fractal(size: int | tuple[int, int], decay: float, rng: np.random.Generator) -> np.ndarray:
+    """Diamond-square plasma fractal in [0, 1], cropped to ``size`` (int or (H, W)); reobench.md §3.
+
+    The map is 2^m ≥ the largest side (toroidal), the random amplitude starts at 100 and is
+    divided by ``decay`` after each level.
+    """
+    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    n = 2
+    while n < max(h, w):
+        n *= 2
+    a = np.zeros((n, n), dtype=np.float64)
+    amp = 100.0  # reobench.md §3 plasma: amplitude starts at 100
+    step = n
+    while step >= 2:
+        half = step // 2
+        corners = a[0:n:step, 0:n:step]
+        # square step: centre of each square = mean of its 4 corners + noise
+        sq = corners + np.roll(corners, -1, 0) + np.roll(corners, -1, 1) + np.roll(corners, (-1, -1), (0, 1))
+        a[half:n:step, half:n:step] = sq / 4 + rng.uniform(-amp, amp, sq.shape)
+        centres = a[half:n:step, half:n:step]
+        # diamond step: edge midpoints = mean of 2 corners and 2 centres + noise
+        top = corners + np.roll(corners, -1, 1) + centres + np.roll(centres, 1, 0)
+        left = corners + np.roll(corners, -1, 0) + centres + np.roll(centres, 1, 1)
+        a[0:n:step, half:n:step] = top / 4 + rng.uniform(-amp, amp, top.shape)
+        a[half:n:step, 0:n:step] = left / 4 + rng.uniform(-amp, amp, left.shape)
+        step = half
+        amp /= decay  # reobench.md §3 plasma: amplitude divided by decay each level
+    a -= a.min()
+    peak = a.max()
+    if peak > 0:
+        a /= peak  # reobench.md §3 plasma: normalised to [0, 1]
+    return a[:h, :w]
+
+
+# ----------------------------------------------------------------------------- appearance
+
+
+def gaussian_noise(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """x + N(0, σ²) per element; reobench.md §3 row 1."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    sigma = _param("gaussian_noise", severity)
+    out = img + rng.normal(0.0, sigma, img.shape)  # reobench.md §3 row 1
+    return _finish(out, img)
+
+
+def salt_and_pepper_noise(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A fraction ``amount`` of elements set to 0 or 1 (1:1); reobench.md §3 row 2."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    amount = _param("salt_and_pepper_noise", severity)
+    out = img.astype(np.float64)
+    hit = rng.random(img.shape) < amount  # reobench.md §3 row 2: that fraction of elements
+    salt = rng.random(img.shape) < 0.5  # reobench.md §3 row 2: 0 or 1 at 1:1
+    out[hit & salt] = 1.0
+    out[hit & ~salt] = 0.0
+    return _finish(out, img)
+
+
+def gaussian_blur(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-channel Gaussian filter with σ px (at 224); reobench.md §3 row 3."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    sigma = _px(_param("gaussian_blur", severity), img)  # reobench.md §3 row 3
+    out = ndimage.gaussian_filter(img.astype(np.float64), sigma=(sigma, sigma, 0), mode="reflect")
+    return _finish(out, img)
+
+
+def motion_blur(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Σ_k w_k·shift(x, k·(sin θ, cos θ)), w_k ∝ exp(−k²/2σ²), edge replicate; reobench.md §3 row 4."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    radius, sigma = _param("motion_blur", severity)
+    r = max(1, int(round(_px(radius, img))))  # reobench.md §3 row 4: radius at 224, scaled
+    s = max(_px(sigma, img), 1e-3)
+    theta = np.deg2rad(rng.uniform(-MOTION_MAX_ANGLE, MOTION_MAX_ANGLE))  # reobench.md §3 row 4: θ ∼ U(−45°, 45°)
+    k = np.arange(2 * r + 1, dtype=np.float64)
+    weights = np.exp(-(k**2) / (2 * s**2))  # reobench.md §3 row 4: w_k ∝ exp(−k²/2σ²)
+    weights /= weights.sum()
+    x = img.astype(np.float64)
+    out = np.zeros_like(x)
+    for kk, wk in zip(k, weights):
+        if wk < 1e-8:
+            continue
+        shift = (kk * np.sin(theta), kk * np.cos(theta), 0.0)
+        out += wk * ndimage.shift(x, shift, order=1, mode="nearest")  # reobench.md §3 row 4: edge replicate
+    return _finish(out, img)
+
+
+def brightness_contrast(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """(x − μ_ch)·k + μ_ch + b with b of random sign; reobench.md §3 row 5."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    offset, factor = _param("brightness_contrast", severity)
+    b = offset if rng.random() < 0.5 else -offset  # reobench.md §3 row 5: random sign
+    x = img.astype(np.float64)
+    mu = x.mean(axis=(0, 1), keepdims=True)
+    out = (x - mu) * factor + mu + b  # reobench.md §3 row 5
+    return _finish(out, img)
+
+
+def clouds(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Plasma clouds of a given coverage blended towards 0.95; reobench.md §3 row 6."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    coverage = _param("clouds", severity)
+    h, w = img.shape[:2]
+    f = plasma_fractal((h, w), CLOUD_DECAY, rng)  # reobench.md §3 row 6: F, decay 2
+    q = np.quantile(f, 1.0 - coverage)  # reobench.md §3 row 6: q = quantile(F, 1 − coverage)
+    z = np.clip((f - q) / CLOUD_SOFTNESS, -60.0, 60.0)
+    alpha = (1.0 / (1.0 + np.exp(-z)))[..., None]  # reobench.md §3 row 6: α = sigmoid((F − q)/0.03)
+    out = (1.0 - alpha) * img + CLOUD_BRIGHTNESS * alpha  # reobench.md §3 row 6
+    return _finish(out, img)
+
+
+def haze(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """(x + c₀F)·m/(m + c₀), m = max(x), F a plasma fractal; reobench.md §3 row 7."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    c0, decay = _param("haze", severity)
+    h, w = img.shape[:2]
+    f = plasma_fractal((h, w), decay, rng)[..., None]  # reobench.md §3 row 7: F with this decay
+    m = float(img.max())
+    out = (img + c0 * f) * m / (m + c0)  # reobench.md §3 row 7
+    return _finish(out, img)
+
+
+def data_gaps(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Horizontal zeroed stripes (1 px to 3 % of the side) covering a row fraction; reobench.md §3 row 8."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    fraction = _param("data_gaps", severity)
+    h = img.shape[0]
+    target = int(round(fraction * h))  # reobench.md §3 row 8: zeroed-row fraction
+    max_stripe = max(1, int(round(GAP_MAX_STRIPE * h)))  # reobench.md §3 row 8: 1 px to 3 % of the side
+    rows = np.zeros(h, dtype=bool)
+    count = 0
+    while count < target:
+        height = min(int(rng.integers(1, max_stripe + 1)), target - count)
+        start = int(rng.integers(0, h - height + 1))  # reobench.md §3 row 8: seeded rows
+        rows[start : start + height] = True
+        count = int(rows.sum())
+    out = img.copy()
+    out[rows] = 0.0  # reobench.md §3 row 8: all channels 0
+    return _finish(out, img)
+
+
+def compression_artifacts(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """PIL JPEG encode/decode at a quality; reobench.md §3 row 9 (deterministic, ``rng`` unused)."""
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    quality = int(_param("compression_artifacts", severity))
+    u8 = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(u8, mode="RGB").save(buf, format="JPEG", quality=quality)  # reobench.md §3 row 9
+    buf.seek(0)
+    out = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float64) / 255.0
+    return _finish(out, img)
+
+
+# ----------------------------------------------------------------------------- geometric
+
+
+def geometric_matrix(name: str, severity: int, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """The 3×3 homogeneous matrix mapping *output* (row, col) pixel indices to *input* ones.
+
+    This is the matrix :func:`scipy.ndimage.affine_transform` takes; one matrix per call, shared
+    by the image, its mask and its boxes. Rotation and zoom are about the image centre.
+    """
+    severity = _check_severity(severity)
+    h, w = int(shape[0]), int(shape[1])
+    if severity == 0:
+        return np.eye(3)
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    m = np.eye(3)
+    if name == "rotate":
+        deg = _param("rotate", severity)
+        deg = deg if rng.random() < 0.5 else -deg  # reobench.md §3 row 10: random sign
+        t = np.deg2rad(deg)
+        lin = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])  # reobench.md §3 row 10
+        m[:2, :2] = lin
+        m[:2, 2] = centre - lin @ centre
+    elif name == "scale":
+        z = _param("scale", severity)
+        lin = np.eye(2) / z  # reobench.md §3 row 11: centred zoom-out by z (input = (o − c)/z + c)
+        m[:2, :2] = lin
+        m[:2, 2] = centre - lin @ centre
+    elif name == "translate":
+        frac = _param("translate", severity)
+        phi = rng.uniform(0.0, 2 * np.pi)  # reobench.md §3 row 12: random direction
+        shift = np.array([frac * h * np.sin(phi), frac * w * np.cos(phi)])  # reobench.md §3 row 12: % of the side
+        m[:2, 2] = -shift  # output = input + shift
+    else:
+        raise ValueError(f"{name!r} is not a geometric corruption; geometric: {', '.join(FAMILIES['geometric'])}")
+    return m
+
+
+def _warp(arr: np.ndarray, m: np.ndarray, order: int) -> np.ndarray:
+    """Apply the output→input matrix ``m`` to an H×W or H×W×C array with reflect padding."""
+    if arr.ndim == 2:
+        return ndimage.affine_transform(arr, m[:2, :2], offset=m[:2, 2], order=order, mode="reflect")
+    chans = [
+        ndimage.affine_transform(arr[..., c], m[:2, :2], offset=m[:2, 2], order=order, mode="reflect")
+        for c in range(arr.shape[2])
+    ]
+    return np.stack(chans, axis=-1)
+
+
+def transform_boxes(boxes: np.ndarray, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Warp [K, 4] boxes (x1, y1, x2, y2 in pixels) with the output→input matrix ``m``.
+
+    The 4 corners go through the forward map (the inverse of ``m``); the result is the enclosing
+    box clipped to the image (reobench.md §3, geometric targets). Pixel i spans [i, i + 1].
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be a [K, 4] array (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
+    h, w = int(shape[0]), int(shape[1])
+    fwd = np.linalg.inv(m)
+    x1, y1, x2, y2 = boxes.T
+    xs = np.stack([x1, x2, x2, x1], axis=1)
+    ys = np.stack([y1, y1, y2, y2], axis=1)
+    pts = np.stack([ys - 0.5, xs - 0.5, np.ones_like(xs)], axis=0)  # (3, K, 4), pixel-index coords
+    out = np.einsum("ij,jkl->ikl", fwd, pts)
+    rows, cols = out[0] + 0.5, out[1] + 0.5
+    res = np.stack([cols.min(1), rows.min(1), cols.max(1), rows.max(1)], axis=1)
+    res[:, [0, 2]] = np.clip(res[:, [0, 2]], 0, w)
+    res[:, [1, 3]] = np.clip(res[:, [1, 3]], 0, h)
+    return res
+
+
+def _geometric(name: str, img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    _check_image(img)
+    if _check_severity(severity) == 0:
+        return img.copy()
+    m = geometric_matrix(name, severity, img.shape, rng)
+    return _finish(_warp(img.astype(np.float64), m, order=1), img)  # bilinear, reflect padding
+
+
+def rotate(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Rotation about the centre by ±angle, bilinear, reflect padding; reobench.md §3 row 10."""
+    return _geometric("rotate", img, severity, rng)
+
+
+def scale(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Centred zoom-out, reflect-padded to size; reobench.md §3 row 11 (``rng`` unused)."""
+    return _geometric("scale", img, severity, rng)
+
+
+def translate(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Translation by a fraction of the side in a random direction, reflect padding; reobench.md §3 row 12."""
+    return _geometric("translate", img, severity, rng)
+
+
+# ----------------------------------------------------------------------------- registry
+
+CORRUPTIONS: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]] = {
+    "gaussian_noise": gaussian_noise,
+    "salt_and_pepper_noise": salt_and_pepper_noise,
+    "gaussian_blur": gaussian_blur,
+    "motion_blur": motion_blur,
+    "brightness_contrast": brightness_contrast,
+    "clouds": clouds,
+    "haze": haze,
+    "data_gaps": data_gaps,
+    "compression_artifacts": compression_artifacts,
+    "rotate": rotate,
+    "scale": scale,
+    "translate": translate,
+}
+
+_NAMES = tuple(CORRUPTIONS)
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "appearance": _NAMES[:9],  # reobench.md §3: appearance = corruptions 1–9
+    "geometric": _NAMES[9:],  # reobench.md §3: geometric = 10–12
+    "all": _NAMES,
+}
+
+
+def sample_seed(global_seed: int, sample_id: Any, name: str, severity: int) -> int:
+    """Stable per-sample seed: crc32 of repr((global_seed, sample_id, name, severity))."""
+    return zlib.crc32(repr((int(global_seed), sample_id, str(name), int(severity))).encode("utf-8")) & 0xFFFFFFFF
+
+
+def corrupt(
+    img: np.ndarray,
+    name: str,
+    severity: int,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+    target: np.ndarray | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+    """Corrupt ``img`` with corruption ``name`` at ``severity`` (0 = identity copy).
+
+    Args:
+        img: float32/float64 H×W×3 array in [0, 1].
+        name: one of :data:`CORRUPTIONS`.
+        severity: int in 0..5.
+        seed: seed for a fresh ``numpy.random.default_rng``; ignored when ``rng`` is given.
+        rng: a ``numpy.random.Generator`` to draw from.
+        target: optional H×W integer mask or [K, 4] float boxes (x1, y1, x2, y2 px). Geometric
+            corruptions warp it with the image's matrix; appearance ones return it unchanged.
+
+    Returns:
+        The corrupted image, or ``(image, target)`` when a target is given.
+    """
+    _check_image(img)
+    _check_name(name)
+    severity = _check_severity(severity)
+    if rng is None:
+        rng = np.random.default_rng(seed)
+    elif not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    h, w = img.shape[:2]
+    if target is not None:
+        target = np.asarray(target)
+        is_mask = target.ndim == 2 and target.shape == (h, w) and not (target.shape[1] == 4 and np.issubdtype(target.dtype, np.floating))
+        is_boxes = target.ndim == 2 and target.shape[1] == 4 and not is_mask
+        if not (is_mask or is_boxes):
+            raise ValueError(f"target must be an H×W mask {(h, w)} or [K, 4] boxes, got shape {tuple(target.shape)}")
+    if name in FAMILIES["geometric"] and severity > 0:
+        m = geometric_matrix(name, severity, img.shape, rng)
+        out = _finish(_warp(img.astype(np.float64), m, order=1), img)  # reobench.md §3: bilinear, reflect
+        if target is None:
+            return out
+        if is_mask:
+            new_target = _warp(target, m, order=0)  # reobench.md §3: masks with nearest neighbour
+        else:
+            new_target = transform_boxes(target, m, img.shape)  # reobench.md §3: enclosing box of corners
+        return out, new_target
+    out = CORRUPTIONS[name](img, severity, rng)
+    if target is None:
+        return out
+    return out, target.copy()
