@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -65,7 +67,7 @@ def test_shape_dtype_range_and_identity(name, dtype):
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "haze"])
 def test_distortion_grows_with_severity(name):
     mads = [_mad(name, s) for s in range(1, 6)]
-    assert all(b >= a - 1e-9 for a, b in zip(mads, mads[1:])), mads
+    assert all(b >= a - 1e-9 for a, b in pairwise(mads)), mads
     assert mads[-1] > mads[0], mads
 
 
@@ -74,14 +76,14 @@ def test_haze_distortion_grows_within_tolerance():
     # of row 4 (1.5) narrows the normalised plasma, so mean |x' - x| dips ~3 % from s=3 to s=4
     # with the plasma as literally specified (amplitude / decay per level).
     mads = [_mad("haze", s) for s in range(1, 6)]
-    assert all(b >= 0.93 * a for a, b in zip(mads, mads[1:])), mads
+    assert all(b >= 0.93 * a for a, b in pairwise(mads)), mads
     assert mads[-1] > mads[0] and mads[2] > mads[1] > mads[0], mads
 
 
 @pytest.mark.xfail(strict=True, reason="reobench.md §3 row 7 values vs §6 monotonicity; see report")
 def test_haze_strictly_non_decreasing_spec_conflict():
     mads = [_mad("haze", s) for s in range(1, 6)]
-    assert all(b >= a for a, b in zip(mads, mads[1:])), mads
+    assert all(b >= a for a, b in pairwise(mads)), mads
 
 
 def test_jpeg_psnr_non_increasing():
@@ -89,7 +91,7 @@ def test_jpeg_psnr_non_increasing():
         return 10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2))
 
     p = [psnr(corrupt(IMG, "compression_artifacts", s), IMG) for s in range(1, 6)]
-    assert all(b <= a + 1e-9 for a, b in zip(p, p[1:])), p
+    assert all(b <= a + 1e-9 for a, b in pairwise(p)), p
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -199,9 +201,9 @@ def test_geometric_targets_consistent(name, severity):
 
 def test_appearance_target_unchanged():
     img, mask, box = _square_scene()
-    out, t = corrupt(img, "gaussian_noise", 3, seed=0, target=box)
+    _, t = corrupt(img, "gaussian_noise", 3, seed=0, target=box)
     assert np.array_equal(t, box)
-    out, t = corrupt(img, "haze", 3, seed=0, target=mask)
+    _, t = corrupt(img, "haze", 3, seed=0, target=mask)
     assert np.array_equal(t, mask)
 
 
@@ -223,20 +225,20 @@ def test_scale_matrix_centred():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(img=np.zeros((8, 8, 4), np.float32)), "3 channels"),
-        (dict(img=np.zeros((8, 8), np.float32)), "3 channels"),
-        (dict(img=np.zeros((8, 8, 3), np.uint8)), "uint8.*convert to float"),
-        (dict(img=np.zeros((8, 8, 3), np.int32)), "float32 or float64"),
-        (dict(img=np.full((8, 8, 3), 1.5, np.float32)), r"\[0, 1\]"),
-        (dict(name="fog"), "unknown corruption 'fog'; known: gaussian_noise"),
-        (dict(severity=6), "severity must be an int in 0..5"),
-        (dict(severity=-1), "severity must be an int in 0..5"),
-        (dict(severity=2.5), "severity must be an int in 0..5"),
-        (dict(severity=True), "severity must be an int in 0..5"),
+        ({"img": np.zeros((8, 8, 4), np.float32)}, "3 channels"),
+        ({"img": np.zeros((8, 8), np.float32)}, "3 channels"),
+        ({"img": np.zeros((8, 8, 3), np.uint8)}, "uint8.*convert to float"),
+        ({"img": np.zeros((8, 8, 3), np.int32)}, "float32 or float64"),
+        ({"img": np.full((8, 8, 3), 1.5, np.float32)}, r"\[0, 1\]"),
+        ({"name": "fog"}, "unknown corruption 'fog'; known: gaussian_noise"),
+        ({"severity": 6}, "severity must be an int in 0..5"),
+        ({"severity": -1}, "severity must be an int in 0..5"),
+        ({"severity": 2.5}, "severity must be an int in 0..5"),
+        ({"severity": True}, "severity must be an int in 0..5"),
     ],
 )
 def test_bad_inputs(kwargs, match):
-    args = dict(img=np.zeros((8, 8, 3), np.float32), name="gaussian_noise", severity=1)
+    args = {"img": np.zeros((8, 8, 3), np.float32), "name": "gaussian_noise", "severity": 1}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         corrupt(args["img"], args["name"], args["severity"], seed=0)

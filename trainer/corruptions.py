@@ -87,7 +87,7 @@ MOTION_MAX_ANGLE = 45.0  # reobench.md §3 row 4: θ ∼ U(−45°, 45°)
 
 def _check_image(img: Any) -> None:
     if not isinstance(img, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(img).__name__}")
+        raise ValueError(f"image must be a numpy array, got {type(img).__name__}")  # noqa: TRY004 (all input errors are ValueError)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image must be H×W×3 (3 channels last), got shape {tuple(img.shape)}")
     if img.dtype == np.uint8:
@@ -202,7 +202,7 @@ def motion_blur(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.
     if _check_severity(severity) == 0:
         return img.copy()
     radius, sigma = _param("motion_blur", severity)
-    r = max(1, int(round(_px(radius, img))))  # reobench.md §3 row 4: radius at 224, scaled
+    r = max(1, round(_px(radius, img)))  # reobench.md §3 row 4: radius at 224, scaled
     s = max(_px(sigma, img), 1e-3)
     theta = np.deg2rad(rng.uniform(-MOTION_MAX_ANGLE, MOTION_MAX_ANGLE))  # reobench.md §3 row 4: θ ∼ U(−45°, 45°)
     k = np.arange(2 * r + 1, dtype=np.float64)
@@ -266,8 +266,8 @@ def data_gaps(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
         return img.copy()
     fraction = _param("data_gaps", severity)
     h = img.shape[0]
-    target = int(round(fraction * h))  # reobench.md §3 row 8: zeroed-row fraction
-    max_stripe = max(1, int(round(GAP_MAX_STRIPE * h)))  # reobench.md §3 row 8: 1 px to 3 % of the side
+    target = round(fraction * h)  # reobench.md §3 row 8: zeroed-row fraction
+    max_stripe = max(1, round(GAP_MAX_STRIPE * h))  # reobench.md §3 row 8: 1 px to 3 % of the side
     rows = np.zeros(h, dtype=bool)
     count = 0
     while count < target:
@@ -446,7 +446,7 @@ def corrupt(
     if rng is None:
         rng = np.random.default_rng(seed)
     elif not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     h, w = img.shape[:2]
     if target is not None:
         target = np.asarray(target)
