@@ -14,7 +14,16 @@ Every scene is a pure function of ``(class, size, numpy Generator)``, so a datas
 | bare_soil | brown fractal (1/f) noise |
 
 Each image gets ±10 % brightness and a small hue shift (a channel mix). Images are float32 H×W×3 in [0, 1].
-Not yet here (issue 10, later): urban roof boxes, template captions / QA, and the datamodules around these scenes.
+Datamodules (tensors ``[3, H, W]`` float32 in [0, 1]; the training loader is run-seeded, so resume is exact):
+
+- :class:`ProceduralEOScenesDataModule`: ``task="classification"`` (single-class scenes, 500 / 100 / 100 per
+  class for train / val / test by default, reobench.md §5) or ``task="segmentation"`` (Voronoi mosaics and their
+  masks). Each split has its own seed, so the splits never share a scene.
+- :class:`DigitsImageDataModule`: scikit-learn's bundled digits as a real offline image set (reobench.md §5 "Real"):
+  8×8 upsampled bilinearly to 32×32, replicated to 3 channels, a seeded stratified 2/3 : 1/3 split (the test third
+  also serves validation).
+
+Not yet here (issue 10, later): urban roof boxes, template captions / QA, and the corruption grid around these.
 """
 
 from __future__ import annotations
@@ -23,8 +32,16 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["SCENE_CLASSES", "classification_scenes", "mosaic_scene", "scene_image"]
+from trainer.data import seeded_train_loader
+
+__all__ = [
+    "SCENE_CLASSES", "DigitsImageDataModule", "ProceduralEOScenesDataModule", "classification_scenes", "mosaic_scene",
+    "scene_image",
+]  # fmt: skip
 
 #: The six classes, in label order (reobench.md §5 table).
 SCENE_CLASSES: tuple[str, ...] = ("farmland", "forest", "water", "urban", "road", "bare_soil")
@@ -171,3 +188,136 @@ def mosaic_scene(size: int, rng: np.random.Generator, cells: tuple[int, int] = (
         inside = cell == k
         img[inside] = scene_image(SCENE_CLASSES[int(classes[k])], size, rng, jitter=False)[inside]
     return _jitter(img, rng), mask
+
+
+def segmentation_scenes(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` Voronoi mosaics (images ``[n, size, size, 3]``) and their class masks ``[n, size, size]``."""
+    pairs = [mosaic_scene(size, np.random.default_rng([int(seed), 99, i])) for i in range(int(n))]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _chw(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), dtype=torch.float32)
+
+
+class _ImageSplits(LightningDataModule):
+    """Train / val / test ``TensorDataset`` s of ``[3, H, W]`` images; subclasses fill ``_build``."""
+
+    def __init__(self, batch_size: int, eval_batch_size: int) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("batch_size and eval_batch_size must be ≥ 1")
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.splits: dict[str, TensorDataset] | None = None
+
+    def _build(self) -> dict[str, TensorDataset]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = self._build()
+
+    def train_dataloader(self) -> DataLoader:
+        return seeded_train_loader(self.splits["train"], self.batch_size, trainer=self.trainer)
+
+    def _eval(self, split: str) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.eval_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval("test")
+
+
+class ProceduralEOScenesDataModule(_ImageSplits):
+    """Procedural EO-like scenes (reobench.md §5): six land-cover classes, or Voronoi mosaics with masks.
+
+    Args:
+        task: ``classification`` (labels ``[N]``) or ``segmentation`` (masks ``[N, H, W]``).
+        size: image side in pixels (reobench.md §5: 64).
+        train_per_class: training scenes per class (reobench.md §5: 500); for segmentation, 6 × this many mosaics.
+        val_per_class: validation scenes per class (reobench.md §5: 100).
+        test_per_class: test scenes per class (reobench.md §5: 100).
+        batch_size: training batch size per process.
+        eval_batch_size: batch size of the validation and test loaders.
+        seed: seeds the scenes (each split from its own stream).
+    """
+
+    def __init__(
+        self,
+        task: str = "classification",
+        size: int = 64,
+        train_per_class: int = 500,
+        val_per_class: int = 100,
+        test_per_class: int = 100,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size)
+        if task not in ("classification", "segmentation"):
+            raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+        if min(train_per_class, val_per_class, test_per_class) < 1 or size < 8:
+            raise ValueError("scene counts must be ≥ 1 and size ≥ 8")
+        self.task, self.size, self.seed = task, int(size), int(seed)
+        self.counts = {"train": int(train_per_class), "val": int(val_per_class), "test": int(test_per_class)}
+
+    @classmethod
+    def unit_test_params(cls) -> dict:
+        return {"size": 16, "train_per_class": 4, "val_per_class": 2, "test_per_class": 2, "batch_size": 8}
+
+    @property
+    def num_classes(self) -> int:
+        return len(SCENE_CLASSES)
+
+    def _build(self) -> dict[str, TensorDataset]:
+        out = {}
+        for k, (split, n) in enumerate(self.counts.items()):
+            split_seed = self.seed * 1000 + k
+            if self.task == "classification":
+                x, y = classification_scenes(n, self.size, split_seed)
+                out[split] = TensorDataset(_chw(x), torch.as_tensor(y))
+            else:
+                x, m = segmentation_scenes(n * len(SCENE_CLASSES), self.size, split_seed)
+                out[split] = TensorDataset(_chw(x), torch.as_tensor(m))
+        return out
+
+
+class DigitsImageDataModule(_ImageSplits):
+    """scikit-learn digits as 32×32 RGB images in [0, 1] (reobench.md §5 "Real").
+
+    Args:
+        size: side after bilinear upsampling (reobench.md §5: 32).
+        batch_size: training batch size per process.
+        eval_batch_size: batch size of the validation and test loaders.
+        split_seed: ``random_state`` of the stratified 2/3 : 1/3 split.
+    """
+
+    def __init__(self, size: int = 32, batch_size: int = 64, eval_batch_size: int = 256, split_seed: int = 0) -> None:
+        super().__init__(batch_size, eval_batch_size)
+        if size < 8:
+            raise ValueError(f"size must be ≥ 8, got {size}")
+        self.size, self.split_seed = int(size), int(split_seed)
+
+    @classmethod
+    def unit_test_params(cls) -> dict:
+        return {"size": 16, "batch_size": 32}
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def _build(self) -> dict[str, TensorDataset]:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        x, y = load_digits(return_X_y=True)
+        img = torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+        img = torch.nn.functional.interpolate(img, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        img = img.clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
+        idx = np.arange(len(y))
+        tr, te = train_test_split(idx, test_size=1 / 3, stratify=y, random_state=self.split_seed)
+        labels = torch.as_tensor(y, dtype=torch.long)
+        test = TensorDataset(img[te], labels[te])
+        return {"train": TensorDataset(img[tr], labels[tr]), "val": test, "test": test}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from datamodules.eo_scenes import SCENE_CLASSES, classification_scenes, mosaic_scene, scene_image
 
@@ -47,3 +48,24 @@ def test_bad_scene_arguments():
         scene_image("water", 4, np.random.default_rng(0))
     with pytest.raises(ValueError, match="n_per_class"):
         classification_scenes(0)
+
+
+def test_scene_datamodules():
+    from datamodules.eo_scenes import DigitsImageDataModule, ProceduralEOScenesDataModule
+
+    dm = ProceduralEOScenesDataModule(**ProceduralEOScenesDataModule.unit_test_params())
+    dm.setup("fit")
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert len(dm.splits["train"]) == 24 and len(dm.splits["test"]) == 12 and dm.num_classes == 6
+    assert not torch.equal(dm.splits["train"].tensors[0][:2], dm.splits["test"].tensors[0][:2])  # splits differ
+    seg = ProceduralEOScenesDataModule(**{**ProceduralEOScenesDataModule.unit_test_params(), "task": "segmentation"})
+    seg.setup("fit")
+    xs, ms = seg.splits["val"].tensors
+    assert ms.shape == (12, 16, 16) and ms.dtype == torch.int64 and xs.shape == (12, 3, 16, 16)
+    digits = DigitsImageDataModule(**DigitsImageDataModule.unit_test_params())
+    digits.setup("fit")
+    xd, yd = digits.splits["train"].tensors
+    assert xd.shape == (1198, 3, 16, 16) and torch.equal(xd[:, 0], xd[:, 2]) and set(yd.tolist()) == set(range(10))
+    with pytest.raises(ValueError, match="task"):
+        ProceduralEOScenesDataModule(task="detection")
