@@ -248,3 +248,61 @@ def test_tolerates_tiny_overshoot():
     img = np.full((8, 8, 3), 1 + 5e-7, np.float64)
     out = corrupt(img, "gaussian_blur", 1)
     assert out.max() <= 1.0
+
+
+# ----------------------------------------------------------------------------- batched torch path
+
+try:
+    import torch
+except ImportError:  # the batched path is optional
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed")
+MATCHING = ("gaussian_blur", "motion_blur", "brightness_contrast", "clouds", "haze", "data_gaps",
+            "compression_artifacts", "rotate", "scale", "translate")
+
+
+def _batch(img=IMG, b=2):
+    assert torch is not None
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].repeat(b, 1, 1, 1).float()
+
+
+@needs_torch
+@pytest.mark.parametrize("name", MATCHING)
+def test_batch_matches_numpy(name):
+    from trainer.corruptions import corrupt_batch
+
+    img = IMG.astype(np.float64)
+    for s in (1, 5):
+        out = corrupt_batch(_batch(img), name, s, [3, 4]).permute(0, 2, 3, 1).numpy()
+        ref = np.stack([corrupt(img, name, s, seed=k) for k in (3, 4)])
+        assert np.abs(out - ref).max() < 1e-4
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["gaussian_noise", "salt_and_pepper_noise"])
+def test_batch_noise_distribution_and_determinism(name):
+    from trainer.corruptions import corrupt_batch
+
+    x = torch.full((2, 3, 64, 64), 0.5)
+    a = corrupt_batch(x, name, 2, [1, 2])
+    assert torch.equal(a, corrupt_batch(x, name, 2, [1, 2]))
+    assert not torch.equal(a[0], a[1])
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
+    if name == "gaussian_noise":
+        assert abs(float((a - x).std()) - PARAMS[name][1]) < 0.01
+    else:
+        assert abs(float((a != x).float().mean()) - PARAMS[name][1]) < 0.01
+
+
+@needs_torch
+def test_batch_identity_and_errors():
+    from trainer.corruptions import corrupt_batch
+
+    x = _batch()
+    assert torch.equal(corrupt_batch(x, "rotate", 0, [0, 1]), x)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        corrupt_batch(x[:, :2], "rotate", 1, [0, 1])
+    with pytest.raises(ValueError, match="one seed per image"):
+        corrupt_batch(x, "rotate", 1, [0])
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt_batch(x, "fog", 1, [0, 1])

@@ -42,6 +42,7 @@ __all__ = [
     "clouds",
     "compression_artifacts",
     "corrupt",
+    "corrupt_batch",
     "data_gaps",
     "gaussian_blur",
     "gaussian_noise",
@@ -259,6 +260,18 @@ def haze(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray
     return _finish(out, img)
 
 
+def _gap_rows(h: int, target: int, max_stripe: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean row mask with exactly ``target`` rows set, as stripes of 1..max_stripe rows."""
+    rows = np.zeros(h, dtype=bool)
+    count = 0
+    while count < target:
+        height = min(int(rng.integers(1, max_stripe + 1)), target - count)
+        start = int(rng.integers(0, h - height + 1))  # reobench.md §3 row 8: seeded rows
+        rows[start : start + height] = True
+        count = int(rows.sum())
+    return rows
+
+
 def data_gaps(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Horizontal zeroed stripes (1 px to 3 % of the side) covering a row fraction; reobench.md §3 row 8."""
     _check_image(img)
@@ -268,13 +281,7 @@ def data_gaps(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
     h = img.shape[0]
     target = round(fraction * h)  # reobench.md §3 row 8: zeroed-row fraction
     max_stripe = max(1, round(GAP_MAX_STRIPE * h))  # reobench.md §3 row 8: 1 px to 3 % of the side
-    rows = np.zeros(h, dtype=bool)
-    count = 0
-    while count < target:
-        height = min(int(rng.integers(1, max_stripe + 1)), target - count)
-        start = int(rng.integers(0, h - height + 1))  # reobench.md §3 row 8: seeded rows
-        rows[start : start + height] = True
-        count = int(rows.sum())
+    rows = _gap_rows(h, target, max_stripe, rng)
     out = img.copy()
     out[rows] = 0.0  # reobench.md §3 row 8: all channels 0
     return _finish(out, img)
@@ -468,3 +475,124 @@ def corrupt(
     if target is None:
         return out
     return out, target.copy()
+
+
+# ----------------------------------------------------------------------------- batched torch path
+
+_BATCHED = ("gaussian_noise", "salt_and_pepper_noise", "gaussian_blur", "brightness_contrast", "data_gaps",
+            "rotate", "scale", "translate")
+
+
+def _torch_reflect_pad(x: Any, p: int, dim: int) -> Any:
+    """Half-sample symmetric padding (scipy ``mode="reflect"``) along ``dim``."""
+    import torch
+
+    n = x.shape[dim]
+    parts = []
+    left, right = p, p
+    while left > 0 or right > 0:  # repeat for pads wider than the image
+        lp, rp = min(left, n), min(right, n)
+        parts.append((lp, rp))
+        left, right = left - lp, right - rp
+    out = x
+    for lp, rp in parts:
+        pieces = []
+        if lp:
+            pieces.append(out.narrow(dim, 0, lp).flip(dim))
+        pieces.append(out)
+        if rp:
+            pieces.append(out.narrow(dim, out.shape[dim] - rp, rp).flip(dim))
+        out = torch.cat(pieces, dim=dim)
+    return out
+
+
+def corrupt_batch(images: Any, name: str, severity: int, seeds: Any) -> Any:
+    """Batched torch version of :func:`corrupt` for [B, 3, H, W] float tensors in [0, 1].
+
+    Same definitions as the numpy functions. Per-sample parameters (signs, angles, directions,
+    gap rows) are drawn from ``numpy.random.default_rng(seed)`` exactly as :func:`corrupt` draws
+    them, so blur, brightness/contrast, data gaps and the geometric warps match the numpy path up
+    to float error; per-element noise comes from a per-sample ``torch.Generator`` seeded with
+    ``seed`` (same distribution, deterministic per seed, not equal to the numpy draws). Other
+    corruptions fall back to the numpy function per sample.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        raise ValueError(f"images must be a [B, 3, H, W] torch tensor, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images dtype must be floating point in [0, 1], got {images.dtype}")
+    if images.numel() and (images.min() < -1e-6 or images.max() > 1 + 1e-6):
+        raise ValueError("image values must lie in [0, 1]")
+    _check_name(name)
+    severity = _check_severity(severity)
+    seeds = [int(s) for s in seeds]
+    b, _, h, w = images.shape
+    if len(seeds) != b:
+        raise ValueError(f"need one seed per image: {b} images, {len(seeds)} seeds")
+    if severity == 0:
+        return images.clone()
+    dev, dt = images.device, images.dtype
+    x = images
+
+    if name not in _BATCHED:  # numpy fallback, identical to corrupt(..., seed=s)
+        outs = []
+        for i, sd in enumerate(seeds):
+            arr = x[i].permute(1, 2, 0).detach().cpu().double().numpy().clip(0, 1)
+            outs.append(torch.from_numpy(corrupt(arr, name, severity, seed=sd)).permute(2, 0, 1))
+        return torch.stack(outs).to(device=dev, dtype=dt)
+
+    if name in ("gaussian_noise", "salt_and_pepper_noise"):
+        gens = [torch.Generator(device=dev).manual_seed(sd) for sd in seeds]
+        if name == "gaussian_noise":
+            sigma = _param(name, severity)
+            noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=dev, dtype=dt) for g in gens])
+            return (x + sigma * noise).clamp(0, 1)  # reobench.md §3 row 1
+        amount = _param(name, severity)
+        u = torch.stack([torch.rand((2, *x.shape[1:]), generator=g, device=dev, dtype=dt) for g in gens])
+        hit, salt = u[:, 0] < amount, u[:, 1] < 0.5  # reobench.md §3 row 2
+        out = x.clone()
+        out[hit & salt] = 1.0
+        out[hit & ~salt] = 0.0
+        return out
+
+    if name == "gaussian_blur":
+        sigma = float(_param(name, severity)) * min(h, w) / REFERENCE_SIDE  # reobench.md §3 row 3
+        radius = int(4.0 * sigma + 0.5)  # scipy's default truncate = 4
+        if radius == 0:
+            return x.clone()
+        k = torch.arange(-radius, radius + 1, device=dev, dtype=torch.float64)
+        kern = torch.exp(-0.5 * (k / sigma) ** 2)
+        kern = (kern / kern.sum()).to(dt)
+        y = _torch_reflect_pad(x, radius, 3)
+        y = F.conv2d(y.reshape(-1, 1, h, y.shape[3]), kern.view(1, 1, 1, -1)).reshape(b, 3, h, w)
+        y = _torch_reflect_pad(y, radius, 2)
+        y = F.conv2d(y.reshape(-1, 1, y.shape[2], w), kern.view(1, 1, -1, 1)).reshape(b, 3, h, w)
+        return y.clamp(0, 1)
+
+    rngs = [np.random.default_rng(sd) for sd in seeds]
+    if name == "brightness_contrast":
+        offset, factor = _param(name, severity)
+        signs = torch.tensor([1.0 if r.random() < 0.5 else -1.0 for r in rngs], device=dev, dtype=dt)
+        mu = x.mean(dim=(2, 3), keepdim=True)
+        return ((x - mu) * factor + mu + offset * signs.view(b, 1, 1, 1)).clamp(0, 1)  # reobench.md §3 row 5
+
+    if name == "data_gaps":
+        target = round(_param(name, severity) * h)  # reobench.md §3 row 8
+        max_stripe = max(1, round(GAP_MAX_STRIPE * h))
+        rows = np.stack([_gap_rows(h, target, max_stripe, r) for r in rngs])
+        keep = torch.from_numpy(~rows).to(device=dev, dtype=dt).view(b, 1, h, 1)
+        return x * keep
+
+    # geometric: the same output→input matrix as corrupt(), sampled with grid_sample
+    mats = np.stack([geometric_matrix(name, severity, (h, w), r) for r in rngs])
+    m = torch.from_numpy(mats).to(device=dev, dtype=torch.float64)
+    rr, cc = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float64),
+                            torch.arange(w, device=dev, dtype=torch.float64), indexing="ij")
+    rin = m[:, 0, 0, None, None] * rr + m[:, 0, 1, None, None] * cc + m[:, 0, 2, None, None]
+    cin = m[:, 1, 0, None, None] * rr + m[:, 1, 1, None, None] * cc + m[:, 1, 2, None, None]
+    grid = torch.stack([(2 * cin + 1) / w - 1, (2 * rin + 1) / h - 1], dim=-1).to(dt)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.clamp(0, 1)
