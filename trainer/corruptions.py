@@ -1,6 +1,7 @@
 """REOBench image corruptions: 12 seeded functions, a plasma fractal, a registry and seeding.
 
-Paper: "REOBench: Benchmarking Robustness of Earth Observation Foundation Models"; this file
+Paper: Li et al., "REOBench: Benchmarking Robustness of Earth Observation Foundation Models",
+arXiv 2505.16793 (2025). No public corruption code exists for it, so this file
 implements the corruption part of its specification, ``/work/shared/papers/reobench.md`` §3
 ("Corruptions and metrics": the 12-row parameter table, the plasma fractal paragraph and the
 geometric-target paragraph) and avoids the defects of §4.1 (no ``imagecorruptions`` dependency,
@@ -20,6 +21,9 @@ with the same affine matrix as the image. :func:`sample_seed` gives a stable per
 Deviations / choices (all "ours" where §3 says so): salt-and-pepper flips each element
 independently with probability ``amount``; data gaps zero exactly ``round(fraction · H)`` rows;
 translation direction is uniform on the circle, its length a fraction of each axis' size.
+With the plasma as specified (amplitude / decay per level), haze's mean |x' − x| dips slightly
+from severity 3 to 4 (rows 3–4 share c₀ = 2.5), against the §6 monotonicity property; see
+``tests/test_corruptions.py``. Meant for the REOBench corruption grid (``datamodules/corruption_grid.py``, §2).
 """
 
 from __future__ import annotations
