@@ -86,6 +86,24 @@ def test_haze_strictly_non_decreasing_spec_conflict():
     assert all(b >= a for a, b in pairwise(mads)), mads
 
 
+def test_motion_blur_matches_shift_definition():
+    # reference: Σ_k w_k · scipy.ndimage.shift(x, k·(sin θ, cos θ)), edge replicate (§3 row 4)
+    img = _photo(32, np.float64)
+    radius, sigma = PARAMS["motion_blur"][4]
+    r = max(1, round(radius * 32 / 224))
+    sg = sigma * 32 / 224
+    theta = np.deg2rad(np.random.default_rng(9).uniform(-45, 45))
+    k = np.arange(2 * r + 1, dtype=np.float64)
+    wk = np.exp(-(k**2) / (2 * sg**2))
+    wk /= wk.sum()
+    ref = sum(
+        w * ndimage.shift(img, (kk * np.sin(theta), kk * np.cos(theta), 0), order=1, mode="nearest")
+        for kk, w in zip(k, wk, strict=True)
+    )
+    out = corrupt(img, "motion_blur", 5, seed=9)
+    assert np.abs(out - np.clip(ref, 0, 1)).max() < 1e-9
+
+
 def test_jpeg_psnr_non_increasing():
     def psnr(a, b):
         return 10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2))

@@ -213,13 +213,24 @@ def motion_blur(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.
     k = np.arange(2 * r + 1, dtype=np.float64)
     weights = np.exp(-(k**2) / (2 * s**2))  # reobench.md §3 row 4: w_k ∝ exp(−k²/2σ²)
     weights /= weights.sum()
-    x = img.astype(np.float64)
-    out = np.zeros_like(x)
-    for kk, wk in zip(k, weights):
+    h, w = img.shape[:2]
+    pad = 2 * r + 2
+    xp = np.pad(img.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="edge")  # §3 row 4: edge replicate
+    out = np.zeros(img.shape, dtype=np.float64)
+    for kk, wk in zip(k, weights, strict=True):
         if wk < 1e-8:
             continue
-        shift = (kk * np.sin(theta), kk * np.cos(theta), 0.0)
-        out += wk * ndimage.shift(x, shift, order=1, mode="nearest")  # reobench.md §3 row 4: edge replicate
+        # shift(x, d)[o] = x[o − d], bilinear: 4 weighted slices of the padded image
+        ry, rx = -kk * np.sin(theta), -kk * np.cos(theta)  # reobench.md §3 row 4: k·(sin θ, cos θ)
+        fy, fx = int(np.floor(ry)), int(np.floor(rx))
+        ay, ax = ry - fy, rx - fx
+        y0, x0 = pad + fy, pad + fx
+        out += wk * (
+            (1 - ay) * (1 - ax) * xp[y0 : y0 + h, x0 : x0 + w]
+            + (1 - ay) * ax * xp[y0 : y0 + h, x0 + 1 : x0 + 1 + w]
+            + ay * (1 - ax) * xp[y0 + 1 : y0 + 1 + h, x0 : x0 + w]
+            + ay * ax * xp[y0 + 1 : y0 + 1 + h, x0 + 1 : x0 + 1 + w]
+        )
     return _finish(out, img)
 
 
