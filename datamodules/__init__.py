@@ -17,5 +17,6 @@ from datamodules.text import RepeatedTokensDataModule, TextCorpusDataModule
 from datamodules.preference_prompts import PreferencePromptDataModule
 from datamodules.mo_toys import FishwoodDataModule
 from datamodules.eo_scenes import DigitsImageDataModule, ProceduralEOScenesDataModule
+from datamodules.corruption_grid import CorruptionGridDataModule
 
-__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule", "EtoTrajectoryDataModule", "ScienceWorldDataModule", "TextWorldExpressDataModule", "TextWorldGamesDataModule", "ToyTextGameDataModule", "PreferencePromptDataModule", "FishwoodDataModule", "DigitsImageDataModule", "ProceduralEOScenesDataModule"]
+__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule", "EtoTrajectoryDataModule", "ScienceWorldDataModule", "TextWorldExpressDataModule", "TextWorldGamesDataModule", "ToyTextGameDataModule", "PreferencePromptDataModule", "FishwoodDataModule", "DigitsImageDataModule", "ProceduralEOScenesDataModule", "CorruptionGridDataModule"]
