@@ -6,6 +6,7 @@ from callbacks.heatmap import NavigationHeatmapCallback
 from callbacks.loss_spike_probe import LossSpikeProbe
 from callbacks.pareto import ParetoFrontEvalCallback
 from callbacks.process_reward import ProcessRewardRelabelCallback
+from callbacks.robustness import CorruptionSweepCallback
 from callbacks.rank_consistency import RankConsistencyCheck
 from callbacks.regrowth_warmup import RegrowthWarmup
 from callbacks.run_safety import NonFiniteLossGuard, SignalCheckpoint
@@ -26,5 +27,6 @@ __all__: list[str] = [
     "NavigationHeatmapCallback",
     "EpisodeVideoCallback",
     "ProcessRewardRelabelCallback",
+    "CorruptionSweepCallback",
     "ParetoFrontEvalCallback",
 ]

@@ -56,3 +56,32 @@ def test_bad_inputs():
         FrozenEncoderProbeModule(encoder="resnet")
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         FrozenEncoderProbeModule()(torch.rand(2, 1, 16, 16))
+
+
+def test_sweep_callback_summarises_logs_and_writes_csv(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from callbacks.robustness import CorruptionSweepCallback
+
+    pl.seed_everything(0)
+    base = ProceduralEOScenesDataModule(size=16, train_per_class=6, val_per_class=2, test_per_class=3, batch_size=16)
+    model = FrozenEncoderProbeModule(head_hidden=16)
+    _trainer(max_epochs=1).fit(model, datamodule=base)
+    grid = CorruptionGridDataModule(base, corruptions=("gaussian_blur", "translate"), severities=(1, 3, 5),
+                                    cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    cb = CorruptionSweepCallback()
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = pl.Trainer(logger=logger, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1)  # fmt: skip
+    trainer.test(model, datamodule=grid)
+    r = model.test_results
+    blur = cb.summary["gaussian_blur"]
+    mean = (r["gaussian_blur/s1"] + r["gaussian_blur/s3"] + r["gaussian_blur/s5"]) / 3
+    assert blur["mean"] == pytest.approx(mean) and blur["abs_drop"] == pytest.approx(r["clean"] - mean)
+    assert cb.summary["family/geometric"]["rel_drop"] == pytest.approx(cb.summary["translate"]["rel_drop"])
+    rows = (tmp_path / "tb" / "version_0" / "robustness.csv").read_text().splitlines()
+    assert rows[0].startswith("corruption,clean,s1,s3,s5,mean") and len(rows) == 3
+    ea = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"scalars": 0, "images": 0})
+    ea.Reload()
+    assert "robust/heatmap" in ea.Tags()["images"] and "robust/rel_drop/gaussian_blur" in ea.Tags()["scalars"]

@@ -45,8 +45,12 @@ def bar_figure(
     return fig
 
 
-def heatmap_figure(matrix: Any, labels: Sequence[str] | None = None, title: str = "", fmt: str = "{:.2f}") -> Any:
-    """A square heatmap with the value written in every cell."""
+def heatmap_figure(
+    matrix: Any, labels: Sequence[str] | None = None, title: str = "", fmt: str = "{:.2f}",
+    col_labels: Sequence[str] | None = None,
+) -> Any:  # fmt: skip
+    """A heatmap with the value written in every cell; rows (and, unless ``col_labels`` is given, columns) take
+    ``labels``."""
     import numpy as np
 
     m = np.asarray(matrix, dtype=float)
@@ -55,7 +59,7 @@ def heatmap_figure(matrix: Any, labels: Sequence[str] | None = None, title: str 
     labels = list(labels) if labels is not None else [str(i) for i in range(m.shape[0])]
     ax.set_xticks(range(m.shape[1]))
     ax.set_yticks(range(m.shape[0]))
-    ax.set_xticklabels(labels[: m.shape[1]], fontsize=7)
+    ax.set_xticklabels(list(col_labels) if col_labels is not None else labels[: m.shape[1]], fontsize=7)
     ax.set_yticklabels(labels[: m.shape[0]], fontsize=7)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):

@@ -12,7 +12,7 @@ import torch
 __all__ = [
     "MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration", "HasPlannedSteps",
     "ConceptStore", "ActorCritic", "HasRolloutEpisodes", "HasValueFunction", "HasTrajectoryDataset",
-    "ScoresPreferences",
+    "ScoresPreferences", "HasCorruptionResults",
 ]  # fmt: skip
 
 
@@ -242,3 +242,12 @@ class ScoresPreferences(Protocol):
 
     def score_preferences(self, preferences: object) -> dict:  # pragma: no cover - protocol
         ...
+
+
+@runtime_checkable
+class HasCorruptionResults(Protocol):
+    """A module that, after ``trainer.test`` over a corruption grid, holds ``test_results``: loader name → metric
+    (higher is better), with the names ``"clean"`` and ``"<corruption>/s<severity>"`` (reobench.md §2;
+    ``callbacks/robustness.py`` reads it)."""
+
+    test_results: dict
