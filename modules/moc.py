@@ -261,10 +261,8 @@ def weighted_clip_loss(
 
 def combined_clip_loss(logp_new: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, lo: float, hi: float) -> Tensor:
     """The clipped surrogate of one (already combined) advantage ``[B, T]`` over valid tokens (linear / fixed)."""
-    m = mask.float()
-    rho = torch.exp(logp_new - logp_old.detach())
-    surr = torch.minimum(rho * adv, rho.clamp(lo, hi) * adv)
-    return -(surr * m).sum() / m.sum().clamp(min=1)
+    valid = mask.bool()
+    return rl.clipped_surrogate(logp_new[valid], logp_old[valid], adv[valid], lo, hi)  # rl_core.md §7, L_pi
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
