@@ -23,7 +23,11 @@ Datamodules (tensors ``[3, H, W]`` float32 in [0, 1]; the training loader is run
   8×8 upsampled bilinearly to 32×32, replicated to 3 channels, a seeded stratified 2/3 : 1/3 split (the test third
   also serves validation).
 
-Not yet here (issue 10, later): urban roof boxes, template captions / QA, and the corruption grid around these.
+Annotations for the non-classification analogues (reobench.md §5), pure functions of ``(size, numpy Generator)``:
+:func:`urban_scene` (roof boxes, axis-aligned ``(x1, y1, x2, y2)`` continuous pixel coordinates, classes
+:data:`ROOF_CLASSES`: the detection analogue), :func:`road_scene` (road count: "How many roads?"),
+:func:`described_scene` (a mosaic with :func:`scene_caption`, :func:`scene_qa` and the box of "the largest <class>
+area", :func:`largest_region_box`: the caption, VQA and grounding analogues).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer.data import seeded_train_loader
 
 __all__ = [
-    "SCENE_CLASSES", "DigitsImageDataModule", "ProceduralEOScenesDataModule", "classification_scenes", "mosaic_scene",
-    "scene_image",
+    "ROOF_CLASSES", "SCENE_CLASSES", "DigitsImageDataModule", "ProceduralEOScenesDataModule", "classification_scenes",
+    "described_scene", "largest_region_box", "mosaic_scene", "road_scene", "scene_caption", "scene_image", "scene_qa",
+    "urban_scene",
 ]  # fmt: skip
 
 #: The six classes, in label order (reobench.md §5 table).
@@ -93,7 +98,8 @@ def _water(size: int, rng: np.random.Generator) -> np.ndarray:
     return base + 0.08 * (ripple[..., None] - 0.5)
 
 
-def _urban(size: int, rng: np.random.Generator) -> np.ndarray:
+def _urban_layout(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The urban texture, the id of the roof under each pixel (−1 = none) and whether each roof id is red."""
     img = np.empty((size, size, 3), dtype=np.float32)
     img[:] = (0.55, 0.55, 0.52)  # pavement
     yy, xx = _grid(size)
@@ -110,10 +116,22 @@ def _urban(size: int, rng: np.random.Generator) -> np.ndarray:
     img[on_roof & red] = (0.65, 0.25, 0.2)
     img[on_roof & ~red] = (0.45, 0.45, 0.48)
     img[shadow] = (0.2, 0.2, 0.22)
-    return img
+    # roof ids: one per (iu, iv) grid cell that has roof pixels
+    keys = (iu.astype(np.int64) - int(iu.min())) * 100_003 + (iv.astype(np.int64) - int(iv.min()))
+    ids = np.full((size, size), -1, dtype=np.int64)
+    uniq, inverse = np.unique(keys[on_roof], return_inverse=True)
+    ids[on_roof] = inverse
+    is_red = np.zeros(len(uniq), dtype=bool)
+    is_red[inverse] = red[on_roof]
+    return img, ids, is_red
 
 
-def _road(size: int, rng: np.random.Generator) -> np.ndarray:
+def _urban(size: int, rng: np.random.Generator) -> np.ndarray:
+    return _urban_layout(size, rng)[0]
+
+
+def _road_layout(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The road texture and the index of the road under each pixel (−1 = none; a later road paints over)."""
     ground = np.array([0.35, 0.5, 0.25] if rng.random() < 0.5 else [0.5, 0.4, 0.28], dtype=np.float32)
     img = np.empty((size, size, 3), dtype=np.float32)
     img[:] = ground
@@ -122,11 +140,18 @@ def _road(size: int, rng: np.random.Generator) -> np.ndarray:
     angles = rng.uniform(0, math.pi, int(rng.integers(1, 4)))
     if len(angles) > 1:
         angles[1] = angles[0] + rng.uniform(math.pi / 4, 3 * math.pi / 4)  # crossings
-    for a in angles:
+    roads = np.full((size, size), -1, dtype=np.int64)
+    for k, a in enumerate(angles):
         c = rng.uniform(0.3, 0.7) * size
         dist = np.abs((xx - c) * math.sin(a) - (yy - c) * math.cos(a))
-        img[dist <= rng.uniform(0.5, 1.5)] = (0.42, 0.42, 0.42)
-    return img
+        on = dist <= rng.uniform(0.5, 1.5)
+        img[on] = (0.42, 0.42, 0.42)
+        roads[on] = k
+    return img, roads
+
+
+def _road(size: int, rng: np.random.Generator) -> np.ndarray:
+    return _road_layout(size, rng)[0]
 
 
 def _bare_soil(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -194,6 +219,116 @@ def segmentation_scenes(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarr
     """``n`` Voronoi mosaics (images ``[n, size, size, 3]``) and their class masks ``[n, size, size]``."""
     pairs = [mosaic_scene(size, np.random.default_rng([int(seed), 99, i])) for i in range(int(n))]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+# ----------------------------------------------------------------------------- annotations (reobench.md §5)
+
+#: Classes of the roof boxes of :func:`urban_scene` (the detection analogue), in label order.
+ROOF_CLASSES: tuple[str, ...] = ("red_roof", "grey_roof")
+
+
+def _enclosing_boxes(ids: np.ndarray, min_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned boxes ``[K, 4]`` (x1, y1, x2, y2; pixel i spans [i, i + 1]) of each id ≥ 0 with at least
+    ``min_pixels`` pixels, and those ids."""
+    from scipy import ndimage
+
+    counts = np.bincount(ids[ids >= 0].ravel(), minlength=int(ids.max()) + 1 if ids.max() >= 0 else 0)
+    boxes, kept = [], []
+    for k, sl in enumerate(ndimage.find_objects(ids + 1)):
+        if sl is None or counts[k] < min_pixels:
+            continue
+        boxes.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+        kept.append(k)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(kept, dtype=np.int64)
+
+
+def urban_scene(
+    size: int, rng: np.random.Generator, jitter: bool = True, min_pixels: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An urban scene and its roof boxes: the detection analogue (reobench.md §5 "Urban roofs provide boxes").
+
+    Returns the image (float32 H×W×3), boxes ``[K, 4]`` float64 ``(x1, y1, x2, y2)`` in continuous pixel
+    coordinates (pixel i spans [i, i + 1], as :func:`trainer.corruptions.transform_boxes` assumes), the enclosing
+    axis-aligned box of every roof with at least ``min_pixels`` visible pixels (roofs are rotated, so a box also
+    covers some pavement), and labels ``[K]`` int64 indexing :data:`ROOF_CLASSES`. The image equals
+    ``scene_image("urban", size, rng)`` for the same generator state.
+    """
+    if int(size) < 8:
+        raise ValueError(f"scene size must be ≥ 8 px, got {size}")
+    img, ids, is_red = _urban_layout(int(size), rng)
+    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    boxes, kept = _enclosing_boxes(ids, int(min_pixels))
+    labels = np.where(is_red[kept], 0, 1).astype(np.int64)
+    return (_jitter(img, rng) if jitter else img), boxes, labels
+
+
+def road_scene(size: int, rng: np.random.Generator, jitter: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """A road scene, the index of the road under each pixel ``[H, W]`` (−1 = none) and the number of roads
+    visible (the answer to "How many roads?", reobench.md §5). The image equals ``scene_image("road", ...)``."""
+    if int(size) < 8:
+        raise ValueError(f"scene size must be ≥ 8 px, got {size}")
+    img, roads = _road_layout(int(size), rng)
+    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    n_roads = int(len(np.unique(roads[roads >= 0])))
+    return (_jitter(img, rng) if jitter else img), roads, n_roads
+
+
+def _words(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def scene_caption(mask: np.ndarray) -> str:
+    """Template caption of a class mask: the classes by decreasing area (reobench.md §5), e.g.
+    ``"an aerial image of farmland with water and forest"``."""
+    counts = np.bincount(np.asarray(mask).ravel(), minlength=len(SCENE_CLASSES))
+    order = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    names = [_words(SCENE_CLASSES[c]) for c in order]
+    text = f"an aerial image of {names[0]}"
+    if len(names) > 1:
+        text += " with " + (", ".join(names[1:-1]) + " and " if len(names) > 2 else "") + names[-1]
+    return text
+
+
+def scene_qa(mask: np.ndarray, ask: str = "forest") -> list[tuple[str, str]]:
+    """Question–answer pairs of a class mask (reobench.md §5): "Is there water?", "Is there <ask>?" (yes / no:
+    whether any pixel has that class) and "How many land-cover types are there?" (the distinct classes)."""
+    if ask not in SCENE_CLASSES:
+        raise ValueError(f"unknown scene class {ask!r}; known: {list(SCENE_CLASSES)}")
+    present = set(np.unique(np.asarray(mask)).tolist())
+    qa = [(f"Is there {_words(name)}?", "yes" if SCENE_CLASSES.index(name) in present else "no")
+          for name in dict.fromkeys(("water", ask))]  # fmt: skip
+    qa.append(("How many land-cover types are there?", str(len(present))))
+    return qa
+
+
+def largest_region_box(mask: np.ndarray, cls: int) -> np.ndarray:
+    """Enclosing box ``(x1, y1, x2, y2)`` of the largest 4-connected region of class ``cls`` (the grounding
+    target "the largest <class> area", reobench.md §5)."""
+    from scipy import ndimage
+
+    regions, n = ndimage.label(np.asarray(mask) == cls)
+    if n == 0:
+        raise ValueError(f"class {cls} is absent from the mask")
+    largest = int(np.argmax(np.bincount(regions.ravel())[1:])) + 1
+    return _enclosing_boxes(np.where(regions == largest, 0, -1), 1)[0][0]
+
+
+def described_scene(size: int, rng: np.random.Generator) -> dict:
+    """A Voronoi mosaic with its caption, QA pairs and one grounding target (reobench.md §5 analogues).
+
+    Returns ``{"image", "mask", "caption", "qa": [(question, answer)], "phrase", "box"}``: the mosaic and its class
+    mask (:func:`mosaic_scene`), :func:`scene_caption`, :func:`scene_qa` (the second class asked about drawn from
+    ``rng``), and the phrase ``"the largest <class> area"`` of a present class drawn from ``rng`` with its
+    :func:`largest_region_box`.
+    """
+    img, mask = mosaic_scene(int(size), rng)
+    present = np.unique(mask)
+    ask = SCENE_CLASSES[int(rng.integers(0, len(SCENE_CLASSES)))]
+    target = int(present[int(rng.integers(0, len(present)))])
+    return {
+        "image": img, "mask": mask, "caption": scene_caption(mask), "qa": scene_qa(mask, ask),
+        "phrase": f"the largest {_words(SCENE_CLASSES[target])} area", "box": largest_region_box(mask, target),
+    }  # fmt: skip
 
 
 def _chw(x: np.ndarray) -> torch.Tensor:
