@@ -11,6 +11,8 @@ every rank and worker. Geometric corruptions warp masks with the image (nearest 
 Corrupted images are quantised to uint8 (as the paper's image folders are) and cached on disk under a key of the
 clean test set's fingerprint, the corruption, severity, seed and the corruption's parameter row, so a changed
 parameter never reads a stale cell. The clean set is quantised the same way, so every loader sees 8-bit images.
+Cells are computed lazily, image by image as the loader reads them (a ``fast_dev_run`` corrupts one batch per
+cell), and a cell is written to the cache once all its images have been computed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from trainer.corruptions import CORRUPTIONS, PARAMS, corrupt, sample_seed
 
@@ -106,12 +108,9 @@ class CorruptionGridDataModule(LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         x, y = self.clean_test_set()
-        loaders = [self._loader(x, y)]
-        for c in self.names:
-            for s in self.severities:
-                xc, yc = self.corrupted(c, s)
-                loaders.append(self._loader(xc, yc))
-        return loaders
+        clean = TensorDataset(torch.as_tensor(x).permute(0, 3, 1, 2).float().div(255.0), y)
+        cells = [_CellDataset(self, c, s) for c in self.names for s in self.severities]
+        return [DataLoader(d, batch_size=self.eval_batch_size, shuffle=False) for d in [clean, *cells]]
 
     # ------------------------------------------------------------------ the grid
     def clean_test_set(self) -> tuple[np.ndarray, torch.Tensor]:
@@ -139,31 +138,82 @@ class CorruptionGridDataModule(LightningDataModule):
         text = repr((self._fingerprint, name, int(severity), self.seed, PARAMS[name]))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
-    def corrupted(self, name: str, severity: int) -> tuple[np.ndarray, torch.Tensor]:
-        """The test set under (``name``, ``severity``): uint8 images and (warped) targets, cached on disk."""
+    def cell_path(self, name: str, severity: int) -> Path:
+        """Where the cell (``name``, ``severity``) is cached."""
+        return self.cache_dir / f"{name}_s{severity}_{self.cache_key(name, severity)}.npz"
+
+    def corrupt_one(self, name: str, severity: int, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Test image ``index`` under (``name``, ``severity``) as uint8 ``[H, W, 3]``, and its warped mask (or None)."""
         images, targets = self.clean_test_set()
-        path = self.cache_dir / f"{name}_s{severity}_{self.cache_key(name, severity)}.npz"
-        if path.is_file():
-            with np.load(path) as z:
-                return z["images"], torch.as_tensor(z["targets"])
-        dense = targets.dim() == 3
-        out_x = np.empty_like(images)
-        out_y = targets.numpy().copy()
-        for i in range(images.shape[0]):
-            img = images[i].astype(np.float32) / 255.0
-            seed = sample_seed(self.seed, i, name, severity)
-            if dense:
-                xi, yi = corrupt(img, name, severity, seed=seed, target=out_y[i])
-                out_y[i] = yi
-            else:
-                xi = corrupt(img, name, severity, seed=seed)
-            out_x[i] = _quantise(xi)
+        img = images[index].astype(np.float32) / 255.0
+        seed = sample_seed(self.seed, index, name, severity)
+        if targets.dim() == 3:
+            xi, yi = corrupt(img, name, severity, seed=seed, target=targets[index].numpy())
+            return _quantise(xi), yi
+        return _quantise(corrupt(img, name, severity, seed=seed)), None
+
+    def corrupted(self, name: str, severity: int) -> tuple[np.ndarray, torch.Tensor]:
+        """The whole test set under (``name``, ``severity``): uint8 images and (warped) targets, cached on disk."""
+        return _CellDataset(self, name, severity).arrays()
+
+    def _save_cell(self, name: str, severity: int, images: np.ndarray, targets: np.ndarray) -> None:
+        path = self.cell_path(name, severity)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=out_x, targets=out_y)
+        np.savez(tmp, images=images, targets=targets)
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written cell
-        return out_x, torch.as_tensor(out_y)
 
-    def _loader(self, images: np.ndarray, targets: torch.Tensor) -> DataLoader:
-        x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div(255.0)
-        return DataLoader(TensorDataset(x, targets), batch_size=self.eval_batch_size, shuffle=False)
+
+
+class _CellDataset(Dataset):
+    """One (corruption, severity) cell of the grid: read from the cache, or corrupted image by image on first access.
+
+    Items are computed lazily, so a run that reads one batch per loader (``fast_dev_run``, ``limit_test_batches``)
+    corrupts only that batch; once every item of the cell has been computed in this process, the cell is written to
+    the cache. ``tensors`` (images ``[N, 3, H, W]`` float in [0, 1], targets) materialises the whole cell.
+    """
+
+    def __init__(self, grid: CorruptionGridDataModule, name: str, severity: int) -> None:
+        self.grid, self.name, self.severity = grid, name, int(severity)
+        images, targets = grid.clean_test_set()
+        self._x: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+        self._done: np.ndarray | None = None
+        self._n = images.shape[0]
+        path = grid.cell_path(name, self.severity)
+        if path.is_file():
+            with np.load(path) as z:
+                self._x, self._y = z["images"], z["targets"]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._x is None or self._done is not None:  # not (yet) a complete cell
+            if self._x is None:
+                images, targets = self.grid.clean_test_set()
+                self._x, self._y = np.empty_like(images), targets.numpy().copy()
+                self._done = np.zeros(self._n, dtype=bool)
+            if not self._done[i]:
+                xi, yi = self.grid.corrupt_one(self.name, self.severity, i)
+                self._x[i] = xi
+                if yi is not None:
+                    self._y[i] = yi
+                self._done[i] = True
+                if self._done.all():
+                    self.grid._save_cell(self.name, self.severity, self._x, self._y)
+                    self._done = None
+        x = torch.from_numpy(np.ascontiguousarray(self._x[i])).permute(2, 0, 1).float().div(255.0)
+        return x, torch.as_tensor(self._y[i])
+
+    def arrays(self) -> tuple[np.ndarray, torch.Tensor]:
+        """The whole cell as uint8 ``[N, H, W, 3]`` images and targets (computes the missing items)."""
+        if self._done is not None or self._x is None:
+            for i in range(self._n):
+                self[i]
+        return self._x, torch.as_tensor(self._y)
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.arrays()
+        return torch.as_tensor(x).permute(0, 3, 1, 2).float().div(255.0), y

@@ -199,12 +199,19 @@ class RunConfigSaver(SaveConfigCallback):
     """Save the resolved config (with provenance header) into the run directory and to TensorBoard.
 
     On a resume into the same directory the file is rewritten (the resume guard has already
-    compared it with the new config).
+    compared it with the new config). ``validate`` / ``test`` / ``predict`` save ``config_<stage>.yaml``, so an
+    evaluation logged into a training run's directory (``--ckpt_path last``) never replaces its ``config.yaml``.
     """
 
     def __init__(self, parser: LightningArgumentParser, config: Namespace, **kwargs: Any) -> None:
         kwargs["overwrite"] = True
         super().__init__(parser, config, **kwargs)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        stage = str(getattr(stage, "value", stage))
+        if stage != "fit":
+            self.config_filename = f"config_{stage}.yaml"
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
@@ -508,6 +515,8 @@ class TrainerCLI(LightningCLI):
         cfg = self.config[sub] if sub else self.config
         if sub == "fit" and cfg.get("ckpt_path") == "last":
             self._resolve_last_checkpoint(cfg)
+        elif sub in ("validate", "test", "predict") and cfg.get("ckpt_path") == "last":
+            self._resolve_last_checkpoint(cfg, evaluate=True)
 
     def _logger_location(self, cfg: Namespace) -> tuple[Path, str] | None:
         logger = cfg.get("trainer", {}).get("logger") if isinstance(cfg.get("trainer"), Namespace) else None
@@ -516,7 +525,10 @@ class TrainerCLI(LightningCLI):
             return Path(str(init.get("save_dir") or RUNS_DIR)) / str(init.get("name") or "lightning_logs"), "tb"
         return None
 
-    def _resolve_last_checkpoint(self, cfg: Namespace) -> None:
+    def _resolve_last_checkpoint(self, cfg: Namespace, evaluate: bool = False) -> None:
+        """``--ckpt_path last``: the newest ``last.ckpt`` of this config's run directory. ``fit`` resumes it;
+        ``validate`` / ``test`` / ``predict`` (``evaluate``) load it and log into the same run directory, so the
+        evaluation sits next to the training curves."""
         loc = self._logger_location(cfg)
         root = loc[0] if loc else Path(cfg.trainer.get("default_root_dir") or ".") / "lightning_logs"
         versions = sorted(
@@ -524,16 +536,21 @@ class TrainerCLI(LightningCLI):
             key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else -1,
         )
         if not versions:
-            print(f"[trainer] --ckpt_path last: no last.ckpt under {root}; starting a new run", file=sys.stderr)
+            if evaluate and not cfg.trainer.get("fast_dev_run"):
+                raise ConfigError(f"--ckpt_path last: no last.ckpt under {root}; run `trainer fit` with this config "
+                                  "first, or pass the checkpoint's path")  # fmt: skip
+            what = "evaluating the initial weights" if evaluate else "starting a new run"
+            print(f"[trainer] --ckpt_path last: no last.ckpt under {root}; {what}", file=sys.stderr)
             cfg.ckpt_path = None
             return
         run_dir = versions[-1]
-        self._check_resume_safe(run_dir / "config.yaml", cfg)
+        if not evaluate:
+            self._check_resume_safe(run_dir / "config.yaml", cfg)
         cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
         self._resume_dir = run_dir
         if loc:
             cfg.trainer.logger.init_args.version = int(run_dir.name.split("_")[-1])
-        print(f"[trainer] resuming from {cfg.ckpt_path}", file=sys.stderr)
+        print(f"[trainer] {'loading' if evaluate else 'resuming from'} {cfg.ckpt_path}", file=sys.stderr)
 
     def _check_resume_safe(self, saved_path: Path, cfg: Namespace) -> None:
         if not saved_path.is_file():

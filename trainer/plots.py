@@ -14,7 +14,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["bar_figure", "heatmap_figure", "histogram_figure", "log_figure", "pareto_figure", "scatter_figure"]
+__all__ = [
+    "bar_figure", "heatmap_figure", "histogram_figure", "image_grid", "lines_figure", "log_figure", "log_image",
+    "pareto_figure", "scatter_figure",
+]  # fmt: skip
 
 
 def bar_figure(
@@ -95,6 +98,60 @@ def histogram_figure(groups: dict[str, Sequence[float]], bins: int = 40, title: 
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def lines_figure(
+    x: Sequence[float], series: dict[str, Sequence[float]], title: str = "", xlabel: str = "", ylabel: str = "",
+    baseline: float | None = None,
+) -> Any:  # fmt: skip
+    """One line per named series over ``x`` (e.g. accuracy against severity per corruption), with an optional
+    dashed horizontal ``baseline`` (e.g. the clean accuracy)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    cmap = plt.get_cmap("tab20")
+    for i, (name, ys) in enumerate(series.items()):
+        ax.plot(list(x), list(ys), marker="o", ms=3, color=cmap(i % 20), label=name)
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls="--", lw=1, label="clean")
+    ax.set_xticks(list(x))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6, ncol=2, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(rows: Sequence[Sequence[Any]], pad: int = 2) -> Any:
+    """Tile ``rows`` of equally sized H×W×3 images (float in [0, 1] or uint8) into one uint8 image with ``pad``
+    white pixels between tiles."""
+    import numpy as np
+
+    tiles = [[np.asarray(t) for t in row] for row in rows]
+    if not tiles or not tiles[0]:
+        raise ValueError("image_grid needs at least one row with one image")
+    h, w = tiles[0][0].shape[:2]
+    ncols = max(len(r) for r in tiles)
+    out = np.full((len(tiles) * (h + pad) + pad, ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, row in enumerate(tiles):
+        for j, t in enumerate(row):
+            if t.shape[:2] != (h, w):
+                raise ValueError(f"image_grid: tile ({i}, {j}) is {t.shape[:2]}, expected {(h, w)}")
+            u8 = t if t.dtype == np.uint8 else np.clip(np.rint(t * 255.0), 0, 255).astype(np.uint8)
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y : y + h, x : x + w] = u8 if u8.ndim == 3 else u8[..., None]
+    return out
+
+
+def log_image(trainer: Any, tag: str, image: Any, step: int | None = None) -> None:
+    """Send an H×W×3 uint8 image to every TensorBoard logger of ``trainer`` (rank 0 only)."""
+    if trainer is None or not getattr(trainer, "is_global_zero", True):
+        return
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in getattr(trainer, "loggers", []):
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, image, global_step=trainer.global_step if step is None else step,
+                                        dataformats="HWC")  # fmt: skip
 
 
 def log_figure(trainer: Any, tag: str, figure: Any, step: int | None = None) -> None:

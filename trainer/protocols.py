@@ -5,14 +5,14 @@ Callbacks never import a module class; they check for one of these protocols ins
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 __all__ = [
     "MaskEntry", "HasMasks", "HasLrMultiplier", "HasBatchLoss", "HasSparseDeltas", "HasCalibration", "HasPlannedSteps",
     "ConceptStore", "ActorCritic", "HasRolloutEpisodes", "HasValueFunction", "HasTrajectoryDataset",
-    "ScoresPreferences", "HasCorruptionResults",
+    "ScoresPreferences", "HasCorruptionResults", "ProvidesCorruptedSamples",
 ]  # fmt: skip
 
 
@@ -251,3 +251,13 @@ class HasCorruptionResults(Protocol):
     ``callbacks/robustness.py`` reads it)."""
 
     test_results: dict
+
+
+@runtime_checkable
+class ProvidesCorruptedSamples(Protocol):
+    """A datamodule that can show test image ``index`` under any (corruption, severity) as uint8 ``[H, W, 3]``
+    (and its warped mask, or None), for the TensorBoard sample grid (reobench.md §8; ``callbacks/robustness.py``)."""
+
+    def corrupt_one(self, name: str, severity: int, index: int) -> tuple[Any, Any]: ...
+
+    def clean_test_set(self) -> tuple[Any, Any]: ...
