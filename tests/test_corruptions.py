@@ -280,48 +280,132 @@ MATCHING = ("gaussian_blur", "motion_blur", "brightness_contrast", "clouds", "ha
             "compression_artifacts", "rotate", "scale", "translate")
 
 
-def _batch(img=IMG, b=2):
+def _batch(img=IMG, b=2, dtype=np.float32):
     assert torch is not None
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].repeat(b, 1, 1, 1).float()
+    return torch.from_numpy(np.ascontiguousarray(img, dtype=dtype)).permute(2, 0, 1)[None].repeat(b, 1, 1, 1)
 
 
 @needs_torch
 @pytest.mark.parametrize("name", MATCHING)
-def test_batch_matches_numpy(name):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_matches_numpy(name, dtype):
+    # every corruption whose parameters come from the seeded numpy generator equals corrupt(..., seed=s)
+    # per image; non-square, so an H/W mix-up shows
     from trainer.corruptions import corrupt_batch
 
-    img = IMG.astype(np.float64)
-    for s in (1, 5):
-        out = corrupt_batch(_batch(img), name, s, [3, 4]).permute(0, 2, 3, 1).numpy()
-        ref = np.stack([corrupt(img, name, s, seed=k) for k in (3, 4)])
-        assert np.abs(out - ref).max() < 1e-4
+    img = _photo(64, dtype)[:40, :56]
+    seeds = [3, 4, 11]
+    for s in (1, 3, 5):
+        out = corrupt_batch(_batch(img, len(seeds), dtype), name, s, seeds)
+        assert out.dtype == _batch(img, 1, dtype).dtype and out.shape == (3, 3, 40, 56)
+        ref = np.stack([corrupt(img, name, s, seed=k) for k in seeds])
+        err = np.abs(out.permute(0, 2, 3, 1).numpy() - ref).max()
+        assert err < (1e-4 if dtype == np.float32 else 1e-9), (s, err)
+
+
+@needs_torch
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_per_sample_seeding(name):
+    # image i depends only on (image i, seeds[i]): the same with other images around it or alone
+    from trainer.corruptions import corrupt_batch
+
+    x = torch.cat([_batch(IMG, 1), _batch(IMG[::-1].copy(), 1), _batch(IMG, 1)])
+    before = x.clone()
+    seeds = [5, 6, 8]  # the first uniform draws of seeds 5 and 8 fall on either side of 0.5 (random signs)
+    out = corrupt_batch(x, name, 4, seeds)
+    assert torch.equal(x, before)  # input untouched
+    alone = corrupt_batch(x[1:2], name, 4, seeds[1:2])
+    assert torch.allclose(out[1:2], alone, atol=1e-6)
+    assert torch.equal(out, corrupt_batch(x, name, 4, seeds))
+    assert out.min() >= 0 and out.max() <= 1 and out.dtype == x.dtype
+    if name in RANDOM:
+        assert not torch.equal(out[0], out[2])  # same image, different seeds
+    else:
+        assert torch.allclose(out[0], out[2], atol=1e-6)
 
 
 @needs_torch
 @pytest.mark.parametrize("name", ["gaussian_noise", "salt_and_pepper_noise"])
 def test_batch_noise_distribution_and_determinism(name):
+    # noise elements come from per-sample torch generators: the numpy distribution, not its draws
     from trainer.corruptions import corrupt_batch
 
     x = torch.full((2, 3, 64, 64), 0.5)
-    a = corrupt_batch(x, name, 2, [1, 2])
-    assert torch.equal(a, corrupt_batch(x, name, 2, [1, 2]))
-    assert not torch.equal(a[0], a[1])
-    assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
-    if name == "gaussian_noise":
-        assert abs(float((a - x).std()) - PARAMS[name][1]) < 0.01
-    else:
-        assert abs(float((a != x).float().mean()) - PARAMS[name][1]) < 0.01
+    for s in (1, 3, 5):
+        a = corrupt_batch(x, name, s, [1, 2])
+        assert torch.equal(a, corrupt_batch(x, name, s, [1, 2]))
+        assert not torch.equal(a[0], a[1])
+        assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
+        ref = corrupt(np.full((64, 64, 3), 0.5), name, s, seed=1)
+        if name == "gaussian_noise":
+            assert abs(float((a - x).std()) - float((ref - 0.5).std())) < 0.01
+            assert abs(float((a - x).mean())) < 0.005
+        else:
+            hit = a != x
+            assert abs(float(hit.float().mean()) - PARAMS[name][s - 1]) < 0.01
+            assert abs(float(hit.float().mean()) - float(np.mean(ref != 0.5))) < 0.01
+            assert bool(((a == 0) | (a == 1))[hit].all())
+            assert abs(float((a[hit] == 1).float().mean()) - 0.5) < 0.05  # salt : pepper = 1 : 1
 
 
 @needs_torch
-def test_batch_identity_and_errors():
+def test_batch_blur_matrix_is_scipy_reflect_filter():
+    # the matrix folds scipy's reflect padding in, also when the kernel is wider than the image
+    from trainer.corruptions import _blur_matrix
+
+    rng = np.random.default_rng(0)
+    for n, sigma in ((5, 3.0), (16, 1.0), (33, 2.5)):
+        x = rng.random((4, n))
+        ref = ndimage.gaussian_filter1d(x, sigma, axis=1, mode="reflect")
+        assert np.abs(x @ _blur_matrix(n, sigma) - ref).max() < 1e-12
+
+
+@needs_torch
+def test_batch_motion_taps_merge_to_unit_weight():
+    from trainer.corruptions import _motion_taps
+
+    for theta in (-np.pi / 4, 0.0, 0.3, np.pi / 4):
+        oy, ox, c = _motion_taps(theta, 15, 8.0)
+        assert abs(c.sum() - 1) < 1e-12 and (c > 0).all()
+        assert len(set(zip(oy.tolist(), ox.tolist(), strict=True))) == len(c) < 4 * 31
+        assert ox.max() <= 1 and ox.min() >= -31 and np.abs(oy).max() <= 23
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    "images, kwargs, match",
+    [
+        ("2ch", {}, r"\[B, 3, H, W\]"),
+        ("3d", {}, r"\[B, 3, H, W\]"),
+        ("numpy", {}, r"\[B, 3, H, W\] torch tensor"),
+        ("uint8", {}, "floating point"),
+        ("big", {}, r"\[0, 1\]"),
+        ("nan", {}, r"\[0, 1\]"),
+        ("ok", {"seeds": [0]}, "one seed per image"),
+        ("ok", {"name": "fog"}, "unknown corruption 'fog'; known: gaussian_noise"),
+        ("ok", {"severity": 6}, "severity must be an int in 0..5"),
+        ("ok", {"severity": -1}, "severity must be an int in 0..5"),
+        ("ok", {"severity": 2.5}, "severity must be an int in 0..5"),
+        ("ok", {"severity": True}, "severity must be an int in 0..5"),
+    ],
+)
+def test_batch_bad_inputs(images, kwargs, match):
     from trainer.corruptions import corrupt_batch
 
     x = _batch()
-    assert torch.equal(corrupt_batch(x, "rotate", 0, [0, 1]), x)
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        corrupt_batch(x[:, :2], "rotate", 1, [0, 1])
-    with pytest.raises(ValueError, match="one seed per image"):
-        corrupt_batch(x, "rotate", 1, [0])
-    with pytest.raises(ValueError, match="unknown corruption"):
-        corrupt_batch(x, "fog", 1, [0, 1])
+    bad = {"ok": x, "2ch": x[:, :2], "3d": x[0], "numpy": x.numpy(), "uint8": (x * 255).to(torch.uint8),
+           "big": x + 1.0, "nan": x.clone().fill_(float("nan"))}  # fmt: skip
+    args = {"name": "rotate", "severity": 1, "seeds": [0, 1]}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        corrupt_batch(bad[images], args["name"], args["severity"], args["seeds"])
+
+
+@needs_torch
+def test_batch_identity():
+    from trainer.corruptions import corrupt_batch
+
+    x = _batch()
+    for name in NAMES:
+        out = corrupt_batch(x, name, 0, [0, 1])
+        assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
