@@ -47,3 +47,30 @@ def test_mean_iou_two_classes():
 )  # fmt: skip
 def test_vqa_rules(truth, pred, ok):
     assert vqa_match(truth, pred) is ok
+
+
+def test_corruption_grid_metric_cells_summary_and_ranking():
+    import torch
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from trainer.metrics.robustness import CorruptionGridMetric
+
+    index = [("clean", 0), ("noise", 1), ("noise", 2), ("blur", 1), ("blur", 2)]
+    m = CorruptionGridMetric(index, lambda: MulticlassAccuracy(2, average="micro"), families={"appearance": ["noise"]})
+    y = torch.tensor([0, 1, 0, 1])
+    hits = {0: 4, 1: 3, 2: 1, 3: 4, 4: 3}  # correct predictions per cell out of 4
+    for cell, k in hits.items():
+        pred = y.clone()
+        pred[k:] = 1 - pred[k:]
+        m.update(cell, pred[:2], y[:2])  # two batches per cell
+        m.update(cell, pred[2:], y[2:])
+    out = m.compute()
+    assert out["cells"] == {"clean": 1.0, "noise/s1": 0.75, "noise/s2": 0.25, "blur/s1": 1.0, "blur/s2": 0.75}
+    assert out["summary"]["noise"]["rel_drop"] == pytest.approx(50.0)
+    assert out["summary"]["blur"]["abs_drop"] == pytest.approx(0.125)
+    assert out["summary"]["family/appearance"]["mean"] == pytest.approx(0.5)
+    assert out["ranking"] == ["noise", "blur"]
+    m.reset()
+    assert m.compute()["cells"] == {}
+    with pytest.raises(ValueError, match="clean"):
+        CorruptionGridMetric([("noise", 1)], lambda: MulticlassAccuracy(2))

@@ -12,6 +12,10 @@ Pure functions (numpy / torch), no Lightning:
   (x₂ − x₁ + 1)(y₂ − y₁ + 1) of the authors' helper as an option (reobench.md §4.5).
 - :func:`mean_iou`: mIoU = mean over classes of TP / (TP + FP + FN), excluding classes absent from both the ground
   truth and the prediction.
+- :class:`CorruptionGridMetric`: a ``torchmetrics.Metric`` holding one task metric per loader of a corruption grid
+  (clean, then (c, s) cells); ``compute()`` gives every cell, the aggregates above and the ranking of corruption
+  types by relative drop. The cells aggregate over data (each child syncs under DDP); the aggregates are functions
+  of the synced cells.
 - :func:`vqa_match`: exact match for yes/no and numbers first, then word-boundary containment (reobench.md §4.4:
   the authors' substring-first order lets "no" match "not sure" and "2" match "12").
 """
@@ -19,11 +23,14 @@ Pure functions (numpy / torch), no Lightning:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import torch
+from torchmetrics import Metric
 
-__all__ = ["box_iou", "corruption_error", "mean_iou", "robustness_summary", "vqa_match"]
+__all__ = ["CorruptionGridMetric", "box_iou", "corruption_error", "mean_iou", "robustness_summary", "vqa_match"]
 
 
 def robustness_summary(
@@ -130,3 +137,62 @@ def vqa_match(truth: str, prediction: str) -> bool:
     if t in ("yes", "no") or _NUMBER.match(t):
         return p == t
     return bool(t) and re.search(r"\b" + re.escape(t) + r"\b", p) is not None
+
+
+def cell_name(corruption: str, severity: int) -> str:
+    """The loader name of a grid cell: ``"clean"`` or ``"<corruption>/s<severity>"`` (HasCorruptionResults)."""
+    return "clean" if corruption == "clean" else f"{corruption}/s{int(severity)}"
+
+
+class CorruptionGridMetric(Metric):
+    """One task metric per loader of a corruption grid, and the robustness aggregates over them (reobench.md §3).
+
+    Args:
+        grid_index: the loaders in order, ``("clean", 0)`` first, then ``(corruption, severity)``.
+        make_metric: builds one task metric (higher is better), e.g. ``lambda: MulticlassAccuracy(6, average="micro")``.
+        families: family → corruption names for the family means (None: none besides ``all``).
+
+    ``update(cell, *args)`` updates the metric of loader ``cell`` (an index into ``grid_index``). ``compute()``
+    returns ``{"cells": {name: value}, "summary": robustness_summary(...), "ranking": [corruptions, largest relative
+    drop first]}``; the summary and ranking are empty when the grid has no corrupted cell.
+    """
+
+    full_state_update = False
+
+    def __init__(
+        self,
+        grid_index: Sequence[tuple[str, int]],
+        make_metric: Callable[[], Metric],
+        families: Mapping[str, Sequence[str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        index = [(str(c), int(s)) for c, s in grid_index]
+        if not index or index[0][0] != "clean":
+            raise ValueError(f"CorruptionGridMetric: grid_index must start with ('clean', 0), got {index[:1]}")
+        self.grid_index = index
+        self.names = [cell_name(c, s) for c, s in index]
+        self.cells = torch.nn.ModuleList(make_metric() for _ in index)
+        self.families = {f: list(v) for f, v in (families or {}).items()}
+
+    def update(self, cell: int, *args: Any, **kwargs: Any) -> None:
+        self.cells[int(cell)].update(*args, **kwargs)
+
+    def compute(self) -> dict[str, Any]:
+        values = {n: float(m.compute()) for n, m in zip(self.names, self.cells) if m.update_called}
+        table: dict[str, dict[int, float]] = {}
+        for (c, s), n in zip(self.grid_index, self.names):
+            if c != "clean" and n in values:
+                table.setdefault(c, {})[s] = values[n]
+        if "clean" not in values or not table:
+            return {"cells": values, "summary": {}, "ranking": []}
+        per_sev = {c: [v[s] for s in sorted(v)] for c, v in table.items()}
+        fams = {f: [c for c in cs if c in per_sev] for f, cs in self.families.items() if f != "all"}
+        summary = robustness_summary(values["clean"], per_sev, fams)
+        ranking = sorted(per_sev, key=lambda c: -summary[c]["rel_drop"])
+        return {"cells": values, "summary": summary, "ranking": ranking}
+
+    def reset(self) -> None:
+        super().reset()
+        for m in self.cells:
+            m.reset()
