@@ -137,19 +137,21 @@ class CaptionSimilarity(_JudgedMean):
 
     Args:
         encoder: :class:`trainer.text_scoring.FrozenTextEncoder` kind: ``"minilm"`` (all-MiniLM-L6-v2, default),
-            ``"hash"`` (file-free, for tests) or a model path.
+            ``"hash"`` (file-free, for tests) or a model path; or an encoder instance to share.
         judge: ``judge(candidate, references) -> float in [0, 1] | None`` or its ``"module:function"`` path; None =
             the embedding cosine.
         on_judge_failure: ``"wrong"`` (a failure scores 0; default) or ``"skip"`` (it leaves the denominator).
     """
 
     def __init__(
-        self, encoder: str = "minilm", judge: str | Callable | None = None, on_judge_failure: str = "wrong", **kwargs: Any
+        self, encoder: Any = "minilm", judge: str | Callable | None = None, on_judge_failure: str = "wrong", **kwargs: Any
     ) -> None:
         super().__init__(judge, on_judge_failure, **kwargs)
         from trainer.text_scoring import FrozenTextEncoder
 
-        self.encoder = FrozenTextEncoder(encoder)  # no parameters, nothing in state_dict (see its docstring)
+        # no parameters, nothing in state_dict, loaded at the first encode (see its docstring); an instance may be
+        # shared by several metrics
+        self.encoder = encoder if isinstance(encoder, FrozenTextEncoder) else FrozenTextEncoder(str(encoder))
 
     def update(self, candidates: Sequence[str], references: Sequence[str | Sequence[str]]) -> None:
         if len(candidates) != len(references):

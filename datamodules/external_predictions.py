@@ -1,0 +1,307 @@
+"""Predictions made elsewhere, per corruption cell, paired with their references (reobench.md §2
+``ExternalPredictionsEvalModule``): mmrotate detections on DIOR, VLM captions / answers / boxes on VRSBench,
+segmentation masks on Potsdam. Serves them to ``trainer test`` so all six tasks go through the same harness and
+``CorruptionSweepCallback``.
+
+Layout read by :class:`ExternalPredictionsDataModule` (corruption folder names may be any alias of reobench.md §4.6,
+severity files / folders ``severity_<s>`` or the bare number ``<s>``)::
+
+    predictions_dir/clean.jsonl
+    predictions_dir/<corruption>/severity_<s>.jsonl      one JSON record per sample, with "id"
+    references                                           a .jsonl file shared by every cell, or a directory
+                                                         with the layout of predictions_dir (per-cell
+                                                         references: boxes or masks warped by a geometric
+                                                         corruption); a cell without its own file there uses
+                                                         clean.jsonl for appearance corruptions (targets are
+                                                         unchanged, reobench.md §3) and is missing for
+                                                         geometric ones
+
+Segmentation uses folders of masks instead of ``.jsonl`` files: ``predictions_dir/clean/<id>.{npy,png}``,
+``predictions_dir/<corruption>/severity_<s>/<id>.{npy,png}``, and ``references`` a folder of ``<id>.{npy,png}``
+(shared) or with the per-cell layout (``references/clean/`` present).
+
+Records per task (prediction | reference):
+
+| task | prediction record | reference record |
+|---|---|---|
+| classification | ``label`` (int) | ``label`` |
+| detection | ``boxes`` [[x1, y1, x2, y2]], ``scores``, ``labels`` | ``boxes``, ``labels`` |
+| caption | ``caption`` | ``caption`` or ``captions`` (list) |
+| vqa | ``answer`` | ``answer``, ``question`` (optional, for a judge) |
+| grounding | ``box`` [x1, y1, x2, y2] or null (unparsed) | ``box`` |
+| segmentation | mask file ``<id>`` (class index per pixel) | mask file ``<id>`` |
+
+The id sets of a cell's predictions and references must be equal (a VLM that gave no usable answer writes its
+raw text or null, never nothing). ``test_dataloader()`` returns, in ``grid_index`` order (``("clean", 0)``,
+then (c, s) in registry order), loaders whose batches are lists of ``(prediction, reference)`` record pairs
+(segmentation: ``{"id", "mask"}`` with the mask as an int64 array). Cells missing on disk are one error listing
+them all, or are left out of the grid with ``missing: skip``. Captioning and VQA skip the geometric corruptions
+by default, as the authors' VLM scripts do (reobench.md §3). ``train_dataloader()`` serves the clean cell, so
+``trainer fit`` is a dry pass (the evaluation module has nothing to train); use ``trainer test``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.eo_folders import canonical_corruption, corruption_folders, severity_path
+from trainer.corruptions import CORRUPTIONS, FAMILIES
+
+__all__ = ["ExternalPredictionsDataModule", "PREDICTION_TASKS", "read_jsonl", "read_mask"]
+
+#: task → (prediction keys, reference keys) every record must have (besides ``id``).
+PREDICTION_TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "classification": (("label",), ("label",)),
+    "segmentation": ((), ()),
+    "detection": (("boxes", "scores", "labels"), ("boxes", "labels")),
+    "caption": (("caption",), ()),
+    "vqa": (("answer",), ("answer",)),
+    "grounding": (("box",), ("box",)),
+}
+SKIP_GEOMETRIC_TASKS = ("caption", "vqa")  # reobench.md §3: the VLM scripts skip the geometric corruptions
+MASK_EXTENSIONS = (".npy", ".png")
+
+
+def read_jsonl(path: str | Path) -> dict[str, dict]:
+    """id → record of a JSON-lines file (blank lines skipped); a missing id or a duplicate is an error."""
+    out: dict[str, dict] = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+            if not isinstance(rec, dict) or "id" not in rec:
+                raise ValueError(f"{path}:{n}: a record must be a JSON object with an 'id'")
+            key = str(rec["id"])
+            if key in out:
+                raise ValueError(f"{path}:{n}: duplicate id {key!r}")
+            out[key] = rec
+    return out
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A class-index mask from ``.npy`` or a single-channel ``.png`` as int64 ``[H, W]``."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        arr = np.load(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(f"{path}: a mask PNG must be single-channel class indices, got mode {im.mode}")
+            arr = np.asarray(im)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: a mask must be 2-D, got shape {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def _mask_files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in MASK_EXTENSIONS}
+
+
+class _PairDataset(Dataset):
+    """(prediction, reference) record pairs; mask paths are read on access."""
+
+    def __init__(self, pairs: list[tuple[Any, Any]], masks: bool) -> None:
+        self.pairs, self.masks = pairs, masks
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[dict, dict]:
+        pred, ref = self.pairs[i]
+        if self.masks:
+            return {"id": pred[0], "mask": read_mask(pred[1])}, {"id": ref[0], "mask": read_mask(ref[1])}
+        return pred, ref
+
+
+def _as_list(batch: list) -> list:
+    return list(batch)
+
+
+def _unit_test_files() -> Path:
+    """Tiny grounding predictions and references (clean + gaussian noise s1 under an alias + rotate s1) for the
+    generic tests."""
+    root = Path(tempfile.gettempdir()) / "paper_trainer_external_predictions_unit"
+    if (root / ".complete").is_file():
+        return root
+    (root / "preds" / "gaussian_noise_new").mkdir(parents=True, exist_ok=True)
+    (root / "preds" / "rotate").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "rotate").mkdir(parents=True, exist_ok=True)
+    refs = [{"id": f"img{i}", "box": [0, 0, 10, 10 + i]} for i in range(4)]
+    cells = {"clean": 0.0, "gaussian_noise_new/severity_1": 3.0, "rotate/severity_1": 6.0}
+    for cell, shift in cells.items():
+        with open(root / "preds" / f"{cell}.jsonl", "w") as f:
+            for r in refs:
+                f.write(json.dumps({"id": r["id"], "box": [shift, 0, 10 + shift, r["box"][3]]}) + "\n")
+    for name in ("clean", "rotate/severity_1"):
+        (root / "refs" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs))
+    (root / ".complete").write_text("ok")
+    return root
+
+
+class ExternalPredictionsDataModule(LightningDataModule):
+    """Per-(corruption, severity) prediction files and their references, served in corruption-grid order.
+
+    See the module docstring for the file layout and the records of each task.
+
+    Args:
+        task: ``classification``, ``segmentation``, ``detection``, ``caption``, ``vqa`` or ``grounding``.
+        predictions_dir: the predictions folder (no default: a data path).
+        references: the references ``.jsonl`` file or folder (no default: a data path).
+        corruptions: canonical corruption names in order (None = the 12 of ``trainer.corruptions``).
+        severities: severities read (reobench.md §3: 1..5).
+        skip_geometric: leave out rotate / scale / translate; None = the task's default (True for caption and
+            vqa, as the authors' VLM scripts, reobench.md §3; False otherwise).
+        missing: ``error`` (default: cells missing on disk are one error listing them) or ``skip`` (left out of
+            ``grid_index``).
+        batch_size: record pairs per batch.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        predictions_dir: str,
+        references: str,
+        corruptions: tuple[str, ...] | None = None,
+        severities: tuple[int, ...] = (1, 2, 3, 4, 5),
+        skip_geometric: bool | None = None,
+        missing: str = "error",
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        if task not in PREDICTION_TASKS:
+            raise ValueError(f"task must be one of {tuple(PREDICTION_TASKS)}, got {task!r}")
+        if missing not in ("error", "skip"):
+            raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
+        bad = [s for s in severities if isinstance(s, bool) or int(s) != s or not 1 <= int(s) <= 5]
+        if bad or not severities:
+            raise ValueError(f"severities must be integers in 1..5, got {list(severities)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        names = tuple(CORRUPTIONS) if corruptions is None else tuple(canonical_corruption(c) for c in corruptions)
+        self.skip_geometric = task in SKIP_GEOMETRIC_TASKS if skip_geometric is None else bool(skip_geometric)
+        if self.skip_geometric:
+            names = tuple(c for c in names if c not in FAMILIES["geometric"])
+        if not names:
+            raise ValueError("no corruptions left to evaluate (all were geometric and skip_geometric is on)")
+        self.task, self.predictions_dir, self.references = task, predictions_dir, references
+        self.names, self.severities, self.missing, self.batch_size = names, tuple(int(s) for s in severities), missing, int(batch_size)
+        self._cells: dict[tuple[str, int], list[tuple[Any, Any]]] | None = None
+
+    @classmethod
+    def unit_test_params(cls) -> dict[str, Any]:
+        root = _unit_test_files()
+        return {"task": "grounding", "predictions_dir": str(root / "preds"), "references": str(root / "refs"),
+                "corruptions": ("gaussian_noise", "rotate"), "severities": (1,), "batch_size": 2}  # fmt: skip
+
+    @property
+    def masks(self) -> bool:
+        return self.task == "segmentation"
+
+    # ------------------------------------------------------------------ locating cells
+    def _cell_source(self, root: Path, folders: dict[str, Path], c: str, s: int) -> Path | None:
+        """The prediction (or reference) file / folder of a cell under ``root``, or None."""
+        if c == "clean":
+            path = root / ("clean" if self.masks else "clean.jsonl")
+            return path if path.exists() else None
+        if c not in folders:
+            return None
+        return severity_path(folders[c], s, "" if self.masks else ".jsonl")
+
+    def _folders(self, root: Path) -> dict[str, Path]:
+        if not root.is_dir():
+            raise ValueError(f"predictions folder {root} does not exist")
+        return corruption_folders(root, ignore=("clean",))
+
+    def _reference_source(self, c: str, s: int, ref_folders: dict[str, Path] | None) -> Path | None:
+        ref = Path(self.references)
+        if not ref.exists():
+            raise ValueError(f"references {ref} do not exist")
+        per_cell = ref.is_dir() and (ref / ("clean" if self.masks else "clean.jsonl")).exists()
+        if ref.is_dir() and not per_cell and not self.masks:
+            raise ValueError(f"references folder {ref} has no clean.jsonl (give a .jsonl file or the per-cell layout)")
+        if not per_cell:
+            return ref  # shared by every cell
+        path = self._cell_source(ref, ref_folders or {}, c, s)
+        if path is None and c != "clean" and c not in FAMILIES["geometric"]:
+            path = self._cell_source(ref, {}, "clean", 0)  # reobench.md §3: appearance corruptions keep targets
+        return path
+
+    def _pairs(self, pred_src: Path, ref_src: Path, cell: str) -> list[tuple[Any, Any]]:
+        if self.masks:
+            preds, refs = _mask_files(pred_src), _mask_files(ref_src)
+        else:
+            preds, refs = read_jsonl(pred_src), read_jsonl(ref_src)
+        if set(preds) != set(refs):
+            lack, extra = sorted(set(refs) - set(preds)), sorted(set(preds) - set(refs))
+            raise ValueError(f"cell {cell}: {len(lack)} reference ids have no prediction (e.g. {lack[:3]}) and "
+                             f"{len(extra)} predictions have no reference (e.g. {extra[:3]}) in {pred_src}")  # fmt: skip
+        if self.masks:
+            return [((k, preds[k]), (k, refs[k])) for k in sorted(refs)]
+        need_p, need_r = PREDICTION_TASKS[self.task]
+        if self.task == "caption":
+            need_r = ()
+            if any("caption" not in r and "captions" not in r for r in refs.values()):
+                raise ValueError(f"cell {cell}: caption references need 'caption' or 'captions' ({ref_src})")
+        for recs, need, src in ((preds, need_p, pred_src), (refs, need_r, ref_src)):
+            for key, rec in recs.items():
+                lacking = [k for k in need if k not in rec]
+                if lacking:
+                    raise ValueError(f"{src}: record {key!r} lacks {lacking} (task {self.task})")
+        return [(preds[k], refs[k]) for k in refs]
+
+    def _resolve(self) -> dict[tuple[str, int], list[tuple[Any, Any]]]:
+        if self._cells is not None:
+            return self._cells
+        pred_root = Path(self.predictions_dir)
+        folders = self._folders(pred_root)
+        ref = Path(self.references)
+        ref_folders = corruption_folders(ref, ignore=("clean",)) if ref.is_dir() and not self._shared_mask_folder(ref) else None
+        wanted = [("clean", 0)] + [(c, s) for c in self.names for s in self.severities]
+        cells, absent = {}, []
+        for c, s in wanted:
+            name = "clean" if c == "clean" else f"{c}/s{s}"
+            p = self._cell_source(pred_root, folders, c, s)
+            r = self._reference_source(c, s, ref_folders)
+            if p is None or r is None:
+                absent.append(f"{name} ({'predictions' if p is None else 'references'})")
+                continue
+            cells[(c, s)] = self._pairs(p, r, name)
+        if absent and (self.missing == "error" or ("clean", 0) not in cells):
+            raise ValueError(f"missing cells under {pred_root} / {ref}: {', '.join(absent)}")
+        self._cells = cells
+        return cells
+
+    def _shared_mask_folder(self, ref: Path) -> bool:
+        return self.masks and not (ref / "clean").is_dir()
+
+    # ------------------------------------------------------------------ grid and loaders
+    @property
+    def grid_index(self) -> list[tuple[str, int]]:
+        """``("clean", 0)``, then every (c, s) present, in registry order."""
+        return list(self._resolve())
+
+    def setup(self, stage: str | None = None) -> None:
+        self._resolve()
+
+    def _loader(self, key: tuple[str, int]) -> DataLoader:
+        return DataLoader(_PairDataset(self._resolve()[key], self.masks), batch_size=self.batch_size, shuffle=False,
+                          collate_fn=_as_list)  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(("clean", 0))
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(key) for key in self.grid_index]
