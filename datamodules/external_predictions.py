@@ -42,7 +42,10 @@ by default, as the authors' VLM scripts do (reobench.md §3). ``train_dataloader
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,9 +55,12 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.eo_folders import canonical_corruption, corruption_folders, severity_path
-from trainer.corruptions import CORRUPTIONS, FAMILIES
+from trainer.corruptions import CORRUPTIONS, FAMILIES, PARAMS, corrupt, sample_seed
 
-__all__ = ["ExternalPredictionsDataModule", "PREDICTION_TASKS", "read_jsonl", "read_mask"]
+__all__ = [
+    "ExternalPredictionsDataModule", "PREDICTION_TASKS", "SceneRulePredictionsDataModule", "read_jsonl", "read_mask",
+    "red_roof_boxes",
+]  # fmt: skip
 
 #: task → (prediction keys, reference keys) every record must have (besides ``id``).
 PREDICTION_TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -305,3 +311,147 @@ class ExternalPredictionsDataModule(LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(key) for key in self.grid_index]
+
+
+# ----------------------------------------------------------------------------- offline demo
+
+
+def red_roof_boxes(img: np.ndarray, min_pixels: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A rule-based red-roof detector (ours, the offline demo's "model"): pixels with R − max(G, B) > 0.2 and R > 0.4,
+    4-connected components of at least ``min_pixels`` pixels, their enclosing boxes ``[K, 4]`` (x1, y1, x2, y2) and
+    scores (the fraction of the box the component fills)."""
+    from scipy import ndimage
+
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    red = (r - np.maximum(g, b) > 0.2) & (r > 0.4)
+    regions, n = ndimage.label(red)
+    boxes, scores = [], []
+    for k, sl in enumerate(ndimage.find_objects(regions), 1):
+        count = int((regions[sl] == k).sum())
+        if count < min_pixels:
+            continue
+        box = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+        boxes.append(box)
+        scores.append(count / ((box[2] - box[0]) * (box[3] - box[1])))
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64)
+
+
+def _nearest_centre(boxes: np.ndarray, size: int) -> int:
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return int(np.argmin(((centres - size / 2) ** 2).sum(1)))
+
+
+class SceneRulePredictionsDataModule(ExternalPredictionsDataModule):
+    """Offline end-to-end demo of the external-predictions path: procedural urban scenes (reobench.md §5) under the
+    corruption grid, a rule-based red-roof detector (:func:`red_roof_boxes`) as the "model", its predictions and
+    the references written as the files :class:`ExternalPredictionsDataModule` reads, then served from them.
+
+    ``grounding``: the target of each scene is "the red roof nearest the image centre" (its box from
+    :func:`datamodules.eo_scenes.urban_scene`, warped with the image by the geometric corruptions), the prediction
+    the detected red roof nearest the centre (null when none is found). ``detection``: every red roof (one class,
+    ``red_roof``), predictions with their fill-fraction scores. References are written per cell (geometric
+    corruptions move the boxes; boxes pushed out of the image are dropped). Scenes without a red roof are skipped.
+    Files go to ``<output_dir>/<key>/{predictions,references}`` (key = a hash of every setting and of the
+    corruption parameters), written once and atomically.
+
+    Args:
+        task: ``grounding`` or ``detection``.
+        num_scenes: urban scenes drawn (before skipping those without a red roof).
+        size: scene side in pixels.
+        corruptions: canonical corruption names in order (None = all 12).
+        severities: severities (reobench.md §3: 1..5).
+        seed: seeds the scenes and the per-sample corruption seeds.
+        output_dir: where the files are written (None = ``$PAPER_TRAINER_CACHE/scene_predictions``, else the
+            system temporary directory).
+        batch_size: record pairs per batch.
+    """
+
+    VERSION = 1  # bump when the scenes, the rule or the file format change
+
+    def __init__(
+        self,
+        task: str = "grounding",
+        num_scenes: int = 64,
+        size: int = 64,
+        corruptions: tuple[str, ...] | None = None,
+        severities: tuple[int, ...] = (1, 2, 3, 4, 5),
+        seed: int = 0,
+        output_dir: str | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        if task not in ("grounding", "detection"):
+            raise ValueError(f"SceneRulePredictionsDataModule: task must be 'grounding' or 'detection', got {task!r}")
+        if num_scenes < 1 or size < 16:
+            raise ValueError("num_scenes must be ≥ 1 and size ≥ 16")
+        root = output_dir or os.environ.get("PAPER_TRAINER_CACHE")
+        base = Path(root) / "scene_predictions" if root else Path(tempfile.gettempdir()) / "paper_trainer_scene_predictions"
+        names = tuple(CORRUPTIONS) if corruptions is None else tuple(canonical_corruption(c) for c in corruptions)
+        sev = tuple(int(s) for s in severities)
+        text = repr((self.VERSION, task, int(num_scenes), int(size), names, sev, int(seed), [PARAMS[c] for c in names]))
+        self.files_dir = base / hashlib.sha256(text.encode()).hexdigest()[:16]
+        super().__init__(task, str(self.files_dir / "predictions"), str(self.files_dir / "references"), names, sev,
+                         skip_geometric=False, batch_size=batch_size)  # fmt: skip
+        self.num_scenes, self.size, self.seed, self.output_dir = int(num_scenes), int(size), int(seed), output_dir
+
+    @classmethod
+    def unit_test_params(cls) -> dict[str, Any]:
+        return {"num_scenes": 4, "size": 32, "corruptions": ("gaussian_noise", "rotate"), "severities": (1, 5)}
+
+    def _records(self, img: np.ndarray, boxes: np.ndarray, scene_id: str) -> tuple[dict, dict] | None:
+        """The prediction and reference records of one (corrupted) scene, or None if it has no red roof."""
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)  # dropped: pushed out of the image
+        boxes = boxes[keep]
+        found, scores = red_roof_boxes(img)
+        if self.task == "detection":
+            return ({"id": scene_id, "boxes": found.tolist(), "scores": scores.tolist(), "labels": [0] * len(found)},
+                    {"id": scene_id, "boxes": boxes.tolist(), "labels": [0] * len(boxes)})  # fmt: skip
+        if not len(boxes):
+            return None
+        pred = found[_nearest_centre(found, self.size)].tolist() if len(found) else None
+        return {"id": scene_id, "box": pred}, {"id": scene_id, "box": boxes[_nearest_centre(boxes, self.size)].tolist()}
+
+    def write_files(self) -> Path:
+        """Draw the scenes, corrupt them, run the rule and write predictions and references (once)."""
+        from datamodules.eo_scenes import urban_scene
+
+        if (self.files_dir / ".complete").is_file():
+            return self.files_dir
+        scenes = []
+        for i in range(self.num_scenes):
+            img, boxes, labels = urban_scene(self.size, np.random.default_rng([self.seed, 7, i]))
+            if (labels == 0).any():
+                scenes.append((f"scene{i:05d}", img, boxes[labels == 0]))
+        if not scenes:
+            raise ValueError("SceneRulePredictionsDataModule: no scene has a red roof; draw more scenes")
+        tmp = self.files_dir.with_name(f"{self.files_dir.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cells = [("clean", 0)] + [(c, s) for c in self.names for s in self.severities]
+        for c, s in cells:
+            preds, refs = [], []
+            for k, (scene_id, img, boxes) in enumerate(scenes):
+                if c != "clean":
+                    img, boxes = corrupt(img, c, s, seed=sample_seed(self.seed, k, c, s), target=boxes)
+                img = np.rint(np.clip(img, 0, 1) * 255) / 255  # 8-bit, as image files are
+                pair = self._records(img, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), scene_id)
+                if pair is not None:
+                    preds.append(pair[0])
+                    refs.append(pair[1])
+            rel = "clean.jsonl" if c == "clean" else f"{c}/severity_{s}.jsonl"
+            for top, recs in (("predictions", preds), ("references", refs)):
+                path = tmp / top / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (tmp / ".complete").write_text("ok")
+        try:
+            os.replace(tmp, self.files_dir)  # atomic: another process may have won the race, then ours is dropped
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.files_dir
+
+    def prepare_data(self) -> None:
+        self.write_files()
+
+    def _resolve(self) -> dict[tuple[str, int], list[tuple[Any, Any]]]:
+        if self._cells is None:
+            self.write_files()
+        return super()._resolve()

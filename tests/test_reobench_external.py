@@ -292,3 +292,39 @@ def test_module_arguments():
     with pytest.raises(ValueError, match="cannot import the judge"):
         ExternalPredictionsEvalModule("vqa", judge="nowhere:judge")
     assert ExternalPredictionsEvalModule("caption", judge="math:isclose").metric_name == "clair"
+
+
+# ----------------------------------------------------------------------------- the offline demo
+
+
+def test_red_roof_rule_finds_the_red_roofs_of_a_clean_scene():
+    from datamodules.eo_scenes import urban_scene
+    from datamodules.external_predictions import red_roof_boxes
+
+    img, boxes, labels = urban_scene(64, np.random.default_rng([0, 7, 1]))
+    found, scores = red_roof_boxes(img)
+    red = boxes[labels == 0]
+    assert len(found) == len(red) and ((scores > 0) & (scores <= 1)).all()
+    assert sorted(map(tuple, found.tolist())) == sorted(map(tuple, red.tolist()))
+
+
+def test_scene_rule_predictions_write_files_and_score(tmp_path):
+    from datamodules.external_predictions import SceneRulePredictionsDataModule
+
+    params = {**SceneRulePredictionsDataModule.unit_test_params(), "output_dir": str(tmp_path)}
+    dm = SceneRulePredictionsDataModule(**params)
+    assert dm.grid_index == [("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 5), ("rotate", 1), ("rotate", 5)]
+    files = sorted(p.relative_to(dm.files_dir).as_posix() for p in dm.files_dir.rglob("*.jsonl"))
+    assert "predictions/rotate/severity_5.jsonl" in files and "references/rotate/severity_5.jsonl" in files
+    assert SceneRulePredictionsDataModule(**params).files_dir == dm.files_dir  # same settings, same files
+    assert SceneRulePredictionsDataModule(**{**params, "seed": 1}).files_dir != dm.files_dir
+    model = ExternalPredictionsEvalModule("grounding")
+    _run_test(model, dm, tmp_path)
+    assert model.test_results["clean"] == 1.0 and model.test_results["gaussian_noise/s5"] < 1.0
+    det = SceneRulePredictionsDataModule(**{**params, "task": "detection"})
+    model = ExternalPredictionsEvalModule("detection", num_classes=1)
+    _run_test(model, det, tmp_path)
+    assert model.test_results["clean"] == 1.0 and set(model.test_results) == {"clean", "gaussian_noise/s1",
+                                                                              "gaussian_noise/s5", "rotate/s1", "rotate/s5"}  # fmt: skip
+    with pytest.raises(ValueError, match="'grounding' or 'detection'"):
+        SceneRulePredictionsDataModule(task="vqa")
