@@ -23,7 +23,10 @@ in [0, 1].
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,8 @@ from trainer.corruptions import CORRUPTIONS
 from trainer.data import seeded_train_loader
 
 __all__ = [
-    "CORRUPTION_ALIASES", "IMAGE_EXTENSIONS", "EOImageFolderDataModule", "canonical_corruption", "corruption_folders",
-    "load_image", "severity_path",
+    "CORRUPTION_ALIASES", "IMAGE_EXTENSIONS", "EOImageFolderDataModule", "build_directory_once", "canonical_corruption",
+    "corruption_folders", "load_image", "severity_path",
 ]  # fmt: skip
 
 #: Corruption folder names of the authors' scripts → canonical names (reobench.md §4.6).
@@ -123,12 +126,28 @@ class _FileDataset(Dataset):
         return load_image(path, self.image_size), label
 
 
-def _unit_test_tree() -> Path:
-    """A tiny clean + corrupted folder tree (2 classes × 3 PNGs, alias folder names) for the generic tests."""
-    root = Path(tempfile.gettempdir()) / "paper_trainer_eo_folders_unit"
-    done = root / ".complete"
-    if done.is_file():
-        return root
+def build_directory_once(path: Path, build: Callable[[Path], None]) -> Path:
+    """``path``, built by ``build(tmp)`` into a private temporary sibling and renamed into place atomically, unless a
+    complete one exists (concurrent builders: one wins, the others' copies are dropped; a reader never sees a
+    half-written tree)."""
+    if (path / ".complete").is_file():
+        return path
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    (tmp / ".complete").write_text("ok")
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process won the race (or a stale incomplete tree is in the way)
+        if not (path / ".complete").is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _write_unit_test_tree(root: Path) -> None:
     rng = np.random.default_rng(0)
     for top, sub in (("clean", ""), ("corrupted", "gaussian_noise_new/severity_1"), ("corrupted", "rotate_new/1")):
         for c, cls in enumerate(("farmland", "water")):
@@ -137,8 +156,11 @@ def _unit_test_tree() -> Path:
             for i in range(3):
                 px = (rng.uniform(0, 255, (12, 16, 3)) * 0.3 + 120 * c).astype(np.uint8)
                 Image.fromarray(px).save(folder / f"{cls}_{i}.png")
-    done.write_text("ok")
-    return root
+
+
+def _unit_test_tree() -> Path:
+    """A tiny clean + corrupted folder tree (2 classes × 3 PNGs, alias folder names) for the generic tests."""
+    return build_directory_once(Path(tempfile.gettempdir()) / "paper_trainer_eo_folders_unit_v1", _write_unit_test_tree)
 
 
 class EOImageFolderDataModule(LightningDataModule):

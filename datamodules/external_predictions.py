@@ -45,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.eo_folders import canonical_corruption, corruption_folders, severity_path
+from datamodules.eo_folders import build_directory_once, canonical_corruption, corruption_folders, severity_path
 from trainer.corruptions import CORRUPTIONS, FAMILIES, PARAMS, corrupt, sample_seed
 
 __all__ = [
@@ -136,25 +135,24 @@ def _as_list(batch: list) -> list:
     return list(batch)
 
 
-def _unit_test_files() -> Path:
-    """Tiny grounding predictions and references (clean + gaussian noise s1 under an alias + rotate s1) for the
-    generic tests."""
-    root = Path(tempfile.gettempdir()) / "paper_trainer_external_predictions_unit"
-    if (root / ".complete").is_file():
-        return root
+def _write_unit_test_files(root: Path) -> None:
     (root / "preds" / "gaussian_noise_new").mkdir(parents=True, exist_ok=True)
     (root / "preds" / "rotate").mkdir(parents=True, exist_ok=True)
     (root / "refs" / "rotate").mkdir(parents=True, exist_ok=True)
     refs = [{"id": f"img{i}", "box": [0, 0, 10, 10 + i]} for i in range(4)]
     cells = {"clean": 0.0, "gaussian_noise_new/severity_1": 3.0, "rotate/severity_1": 6.0}
     for cell, shift in cells.items():
-        with open(root / "preds" / f"{cell}.jsonl", "w") as f:
-            for r in refs:
-                f.write(json.dumps({"id": r["id"], "box": [shift, 0, 10 + shift, r["box"][3]]}) + "\n")
+        preds = [{"id": r["id"], "box": [shift, 0, 10 + shift, r["box"][3]]} for r in refs]
+        (root / "preds" / f"{cell}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     for name in ("clean", "rotate/severity_1"):
         (root / "refs" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs))
-    (root / ".complete").write_text("ok")
-    return root
+
+
+def _unit_test_files() -> Path:
+    """Tiny grounding predictions and references (clean + gaussian noise s1 under an alias + rotate s1) for the
+    generic tests."""
+    path = Path(tempfile.gettempdir()) / "paper_trainer_external_predictions_unit_v1"
+    return build_directory_once(path, _write_unit_test_files)
 
 
 class ExternalPredictionsDataModule(LightningDataModule):
@@ -423,8 +421,9 @@ class SceneRulePredictionsDataModule(ExternalPredictionsDataModule):
                 scenes.append((f"scene{i:05d}", img, boxes[labels == 0]))
         if not scenes:
             raise ValueError("SceneRulePredictionsDataModule: no scene has a red roof; draw more scenes")
-        tmp = self.files_dir.with_name(f"{self.files_dir.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        return build_directory_once(self.files_dir, lambda tmp: self._write_cells(tmp, scenes))
+
+    def _write_cells(self, out: Path, scenes: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
         cells = [("clean", 0)] + [(c, s) for c in self.names for s in self.severities]
         for c, s in cells:
             preds, refs = [], []
@@ -438,15 +437,9 @@ class SceneRulePredictionsDataModule(ExternalPredictionsDataModule):
                     refs.append(pair[1])
             rel = "clean.jsonl" if c == "clean" else f"{c}/severity_{s}.jsonl"
             for top, recs in (("predictions", preds), ("references", refs)):
-                path = tmp / top / rel
+                path = out / top / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-        (tmp / ".complete").write_text("ok")
-        try:
-            os.replace(tmp, self.files_dir)  # atomic: another process may have won the race, then ours is dropped
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return self.files_dir
 
     def prepare_data(self) -> None:
         self.write_files()

@@ -153,3 +153,21 @@ def test_probe_and_sweep_callback_run_unchanged_over_the_folders(tmp_path):
     quiet_trainer([sweep], default_root_dir=str(tmp_path)).test(model, datamodule=dm)
     assert set(model.test_results) == {"clean", "gaussian_noise/s1"}
     assert set(sweep.table) == {"gaussian_noise"}
+
+
+def test_build_directory_once(tmp_path):
+    from datamodules.eo_folders import build_directory_once
+
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        (tmp / "a.txt").write_text("x")
+
+    target = tmp_path / "tree"
+    target.mkdir()
+    (target / "stale.txt").write_text("half-written")  # no .complete marker: replaced
+    assert build_directory_once(target, build) == target and (target / "a.txt").is_file()
+    assert not (target / "stale.txt").exists() and not list(tmp_path.glob("*.tmp"))
+    build_directory_once(target, build)
+    assert len(calls) == 1  # complete: never rebuilt
