@@ -361,6 +361,18 @@ def test_batch_blur_matrix_is_scipy_reflect_filter():
 
 
 @needs_torch
+def test_batch_plasma_equals_numpy_plasma():
+    # same noise draws in the same order; the diamond-square runs coarse to fine on batched arrays
+    from trainer.corruptions import _batch_plasma
+
+    for (h, w), decay in (((50, 50), 2.0), ((20, 40), 1.5), ((33, 17), 1.4), ((2, 2), 2.0), ((64, 64), 1.7)):
+        f = _batch_plasma([np.random.default_rng(s) for s in (0, 1, 2)], h, w, decay)
+        ref = np.stack([plasma_fractal((h, w), decay, np.random.default_rng(s)) for s in (0, 1, 2)])
+        assert f.shape == (3, h, w) and f.dtype == np.float64
+        assert np.array_equal(f, ref)  # same sums in the same order: bit for bit
+
+
+@needs_torch
 def test_batch_motion_taps_merge_to_unit_weight():
     from trainer.corruptions import _motion_taps
 

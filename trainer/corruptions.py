@@ -601,23 +601,88 @@ def _batch_motion_blur(x: Any, severity: int, rngs: list[np.random.Generator]) -
     return out.clamp_(0, 1)
 
 
-def _chunks(b: int, h: int, w: int) -> list[slice]:
-    """Slices of the batch with at most ~2^18 pixels each (one 512² image, five 224² ones): small enough
-    that a chunk's intermediates stay in cache, large enough that per-call overhead does not matter."""
-    step = max(1, (1 << 18) // (h * w))
+def _chunks(b: int, pixels: int, budget: int = 1 << 18) -> list[slice]:
+    """Slices of a batch of ``b`` samples of ``pixels`` pixels each, at most ``budget`` pixels a slice (and
+    at least one sample): small enough that a slice's intermediates stay in cache, large enough that
+    per-call overhead does not matter (the default: one 512² image, five 224² ones)."""
+    step = max(1, budget // pixels)
     return [slice(i, min(b, i + step)) for i in range(0, b, step)]
 
 
+def _roll1(a: np.ndarray, shift: int, axis: int) -> np.ndarray:
+    """``np.roll(a, shift, axis)`` for shift ±1, without its per-call overhead."""
+    if shift == -1:
+        return np.concatenate([a.take(range(1, a.shape[axis]), axis), a.take([0], axis)], axis)
+    return np.concatenate([a.take([-1], axis), a.take(range(a.shape[axis] - 1), axis)], axis)
+
+
+def _batch_plasma(rngs: list[np.random.Generator], h: int, w: int, decay: float) -> np.ndarray:
+    """[B, h, w] plasma fractals, one per generator, equal to :func:`plasma_fractal` per sample.
+
+    The same diamond-square (reobench.md §3 plasma) with the same noise, drawn from each sample's
+    generator in :func:`plasma_fractal`'s order (square, top, left per level), and the same sums in
+    the same order, but coarse to fine on contiguous [B, m, m] arrays: the level's corners ``c`` and
+    their centres, top and left midpoints interleave into the next level's corners [B, 2m, 2m]
+    (``a[::step, ::step]`` in :func:`plasma_fractal`).
+    """
+    n = 2
+    while n < max(h, w):
+        n *= 2
+    b = len(rngs)
+    c = np.zeros((b, 1, 1))
+    amp = 100.0  # reobench.md §3 plasma: amplitude starts at 100
+    while c.shape[1] < n:
+        m = c.shape[1]
+        noise = np.stack([rng.uniform(-amp, amp, (3, m, m)) for rng in rngs])
+        nxt = np.empty((b, 2 * m, 2 * m))
+        nxt[:, 0::2, 0::2] = c
+        c_down, c_right = _roll1(c, -1, 1), _roll1(c, -1, 2)
+        # square step: centre of each square = mean of its 4 corners + noise (×0.25 is exactly /4)
+        centres = c + c_down
+        centres += c_right
+        centres += _roll1(c_down, -1, 2)
+        centres *= 0.25
+        centres += noise[:, 0]
+        nxt[:, 1::2, 1::2] = centres
+        # diamond step: edge midpoints = mean of 2 corners and 2 centres + noise
+        top = c + c_right
+        top += centres
+        top += _roll1(centres, 1, 1)
+        top *= 0.25
+        top += noise[:, 1]
+        nxt[:, 0::2, 1::2] = top
+        left = c + c_down
+        left += centres
+        left += _roll1(centres, 1, 2)
+        left *= 0.25
+        left += noise[:, 2]
+        nxt[:, 1::2, 0::2] = left
+        c = nxt
+        amp /= decay  # reobench.md §3 plasma: amplitude divided by decay each level
+    c -= c.min(axis=(1, 2), keepdims=True)
+    peak = c.max(axis=(1, 2), keepdims=True)
+    c /= np.where(peak > 0, peak, 1.0)  # reobench.md §3 plasma: normalised to [0, 1]
+    return c[:, :h, :w]
+
+
+def _plasma_chunks(b: int, h: int, w: int) -> list[slice]:
+    """Batch slices for the plasma corruptions: ≤ 2^16 plasma pixels (float64) a slice, so a 224 px batch
+    goes one sample at a time and a 64 px one 16 at a time."""
+    n = 2
+    while n < max(h, w):
+        n *= 2
+    return _chunks(b, n * n, 1 << 16)
+
+
 def _batch_clouds(x: Any, severity: int, rngs: list[np.random.Generator]) -> Any:
-    """reobench.md §3 row 6: plasma and quantile per sample in numpy (as :func:`clouds` draws them), the
-    sigmoid and the blend in torch, a cache-sized chunk of the batch at a time."""
+    """reobench.md §3 row 6 on cache-sized slices: batched plasma and quantile in numpy, the blend in torch."""
     import torch
 
     b, _, h, w = x.shape
     coverage = _param("clouds", severity)
     out = torch.empty_like(x)
-    for sl in _chunks(b, h, w):
-        f = np.stack([plasma_fractal((h, w), CLOUD_DECAY, r) for r in rngs[sl]])  # reobench.md §3 row 6: F, decay 2
+    for sl in _plasma_chunks(b, h, w):
+        f = _batch_plasma(rngs[sl], h, w, CLOUD_DECAY)  # reobench.md §3 row 6: F, decay 2
         q = np.quantile(f, 1.0 - coverage, axis=(1, 2), keepdims=True)  # §3 row 6: q = quantile(F, 1 − coverage)
         z = torch.from_numpy((f - q) / CLOUD_SOFTNESS).to(device=x.device, dtype=x.dtype)
         alpha = torch.sigmoid(z).unsqueeze(1)  # reobench.md §3 row 6: α = sigmoid((F − q)/0.03)
@@ -626,7 +691,7 @@ def _batch_clouds(x: Any, severity: int, rngs: list[np.random.Generator]) -> Any
 
 
 def _batch_haze(x: Any, severity: int, rngs: list[np.random.Generator]) -> Any:
-    """reobench.md §3 row 7: plasma per sample in numpy (as :func:`haze` draws it), the rest in torch."""
+    """reobench.md §3 row 7 on cache-sized slices: batched plasma in numpy, the rest in torch."""
     import torch
 
     b, _, h, w = x.shape
@@ -634,8 +699,8 @@ def _batch_haze(x: Any, severity: int, rngs: list[np.random.Generator]) -> Any:
     m = x.amax(dim=(1, 2, 3), keepdim=True)  # reobench.md §3 row 7: m = max(x)
     gain = m / (m + c0)
     out = torch.empty_like(x)
-    for sl in _chunks(b, h, w):
-        f = np.stack([plasma_fractal((h, w), decay, r) for r in rngs[sl]])  # reobench.md §3 row 7: F, this decay
+    for sl in _plasma_chunks(b, h, w):
+        f = _batch_plasma(rngs[sl], h, w, decay)  # reobench.md §3 row 7: F with this decay
         f = torch.from_numpy(f).to(device=x.device, dtype=x.dtype).unsqueeze(1)
         out[sl] = torch.add(x[sl], f, alpha=c0).mul_(gain[sl])  # reobench.md §3 row 7: (x + c₀F)·m/(m + c₀)
     return out.clamp_(0, 1)
@@ -678,7 +743,7 @@ def _batch_geometric(x: Any, name: str, severity: int, rngs: list[np.random.Gene
     thetas = np.stack([_grid_theta(geometric_matrix(name, severity, (h, w), r), h, w) for r in rngs])
     theta = torch.from_numpy(thetas).to(device=x.device, dtype=x.dtype)
     out = torch.empty_like(x)
-    for sl in _chunks(b, h, w):
+    for sl in _chunks(b, h * w):
         grid = F.affine_grid(theta[sl], [sl.stop - sl.start, c, h, w], align_corners=False)
         out[sl] = F.grid_sample(x[sl], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return out.clamp_(0, 1)
