@@ -616,6 +616,16 @@ def _roll1(a: np.ndarray, shift: int, axis: int) -> np.ndarray:
     return np.concatenate([a.take([-1], axis), a.take(range(a.shape[axis] - 1), axis)], axis)
 
 
+def _mean4_plus(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """(a + b + c + d) / 4 + noise, summed left to right as :func:`plasma_fractal` does (×0.25 is exactly /4)."""
+    out = a + b
+    out += c
+    out += d
+    out *= 0.25
+    out += noise
+    return out
+
+
 def _batch_plasma(rngs: list[np.random.Generator], h: int, w: int, decay: float) -> np.ndarray:
     """[B, h, w] plasma fractals, one per generator, equal to :func:`plasma_fractal` per sample.
 
@@ -637,26 +647,12 @@ def _batch_plasma(rngs: list[np.random.Generator], h: int, w: int, decay: float)
         nxt = np.empty((b, 2 * m, 2 * m))
         nxt[:, 0::2, 0::2] = c
         c_down, c_right = _roll1(c, -1, 1), _roll1(c, -1, 2)
-        # square step: centre of each square = mean of its 4 corners + noise (×0.25 is exactly /4)
-        centres = c + c_down
-        centres += c_right
-        centres += _roll1(c_down, -1, 2)
-        centres *= 0.25
-        centres += noise[:, 0]
-        nxt[:, 1::2, 1::2] = centres
+        # square step: centre of each square = mean of its 4 corners + noise
+        centres = _mean4_plus(c, c_down, c_right, _roll1(c_down, -1, 2), noise[:, 0])
         # diamond step: edge midpoints = mean of 2 corners and 2 centres + noise
-        top = c + c_right
-        top += centres
-        top += _roll1(centres, 1, 1)
-        top *= 0.25
-        top += noise[:, 1]
-        nxt[:, 0::2, 1::2] = top
-        left = c + c_down
-        left += centres
-        left += _roll1(centres, 1, 2)
-        left *= 0.25
-        left += noise[:, 2]
-        nxt[:, 1::2, 0::2] = left
+        top = _mean4_plus(c, c_right, centres, _roll1(centres, 1, 1), noise[:, 1])
+        left = _mean4_plus(c, c_down, centres, _roll1(centres, 1, 2), noise[:, 2])
+        nxt[:, 1::2, 1::2], nxt[:, 0::2, 1::2], nxt[:, 1::2, 0::2] = centres, top, left
         c = nxt
         amp /= decay  # reobench.md §3 plasma: amplitude divided by decay each level
     c -= c.min(axis=(1, 2), keepdims=True)
