@@ -20,14 +20,17 @@ with the same affine matrix as the image. :func:`sample_seed` gives a stable per
 
 :func:`corrupt_batch` is the batched torch path for [B, 3, H, W] tensors (any device), with the same
 definitions and the same per-sample numpy draws, so it equals :func:`corrupt` per image up to float
-error (the two noise types draw their elements from per-sample ``torch.Generator`` s instead: same
-distribution, deterministic per seed). How each is computed: noise, brightness/contrast, data gaps and
-haze as tensor arithmetic; Gaussian blur as two products with [side, side] matrices that fold in the
-kernel and the reflect padding; motion blur as a per-sample weighted sum of integer-offset slices of the
-edge-padded batch (the bilinear corners of all taps merged); clouds and haze with the plasma fractal
-(and the clouds quantile) drawn per sample in numpy and the rest in torch; the geometric warps with
-``grid_sample`` (reflection padding); JPEG per image in PIL, with the uint8 conversions batched.
-``benchmarks/corruption_speed.py`` measures it against :func:`corrupt` in a loop.
+error, except for the two noise types, whose per-element draws differ (same distribution,
+deterministic per seed): Gaussian noise comes from a per-sample ``torch.Generator``, salt-and-pepper
+from one float32 uniform per element (hit if u < amount, 1 if u < amount/2). How each is computed:
+noise, brightness/contrast, data gaps and haze as tensor arithmetic; Gaussian blur as two products with
+[side, side] matrices that fold in the kernel and the reflect padding; motion blur as a per-sample
+weighted sum of integer-offset slices of the edge-padded batch (the bilinear corners of all taps
+merged); clouds and haze with the plasma fractal built coarse to fine in numpy on a few samples at a
+time (the same noise draws and sums as :func:`plasma_fractal`, bit for bit) and blended in torch; the
+geometric warps with ``affine_grid`` + ``grid_sample`` (reflection padding); JPEG per image in PIL,
+with the uint8 conversions batched. Work is split into cache-sized slices of the batch where that is
+faster. ``benchmarks/corruption_speed.py`` measures it against :func:`corrupt` in a loop.
 
 Deviations / choices (all "ours" where §3 says so): salt-and-pepper flips each element
 independently with probability ``amount``; data gaps zero exactly ``round(fraction · H)`` rows;
@@ -506,11 +509,6 @@ def corrupt(
 
 # ----------------------------------------------------------------------------- batched torch path
 
-#: corruptions :func:`corrupt_batch` computes in torch on the whole batch (JPEG stays per-image PIL)
-_BATCHED = ("gaussian_noise", "salt_and_pepper_noise", "gaussian_blur", "motion_blur", "brightness_contrast",
-            "clouds", "haze", "data_gaps", "rotate", "scale", "translate")  # fmt: skip
-
-
 def _check_batch(images: Any) -> None:
     import torch
 
@@ -520,7 +518,7 @@ def _check_batch(images: Any) -> None:
     if not images.is_floating_point():
         raise ValueError(f"images dtype must be floating point in [0, 1], got {images.dtype}")
     if images.numel():
-        lo, hi = float(images.min()), float(images.max())
+        lo, hi = (float(v) for v in torch.aminmax(images))  # one pass; NaN propagates
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
             raise ValueError(f"image values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
 
@@ -755,12 +753,16 @@ def corrupt_batch(images: Any, name: str, severity: int, seeds: Any) -> Any:
         seeds: one int per image; image ``i`` gets what ``corrupt(img_i, name, severity, seed=seeds[i])``
             gives, up to float error, for every corruption except the two noise types (below).
 
+    Returns:
+        The corrupted batch, a new tensor (the input is not modified).
+
     Same definitions as the numpy functions (reobench.md §3). Per-sample parameters (signs, angles,
-    directions, gap rows, plasma fractals) are drawn from ``numpy.random.default_rng(seed)`` in the
-    order the numpy functions draw them. Per-element noise (``gaussian_noise``,
-    ``salt_and_pepper_noise``) comes from a per-sample ``torch.Generator`` seeded with ``seed``:
-    same distribution, deterministic per seed, not equal to the numpy draws. JPEG stays per-image
-    PIL. See the module docstring for how each corruption is computed.
+    directions, gap rows, plasma noise) are drawn from ``numpy.random.default_rng(seed)`` in the
+    order the numpy functions draw them. Per-element noise is drawn otherwise (same distribution,
+    deterministic per seed, not equal to the numpy draws): ``gaussian_noise`` from a
+    ``torch.Generator`` seeded with ``seed``, ``salt_and_pepper_noise`` from one float32 uniform per
+    element of ``default_rng(seed)``. JPEG stays per-image PIL. See the module docstring for how each
+    corruption is computed.
     """
     import torch
 
@@ -784,9 +786,9 @@ def corrupt_batch(images: Any, name: str, severity: int, seeds: Any) -> Any:
         return noise.mul_(sigma).add_(x).clamp_(0, 1)  # reobench.md §3 row 1: x + N(0, σ²)
     if name == "salt_and_pepper_noise":
         amount = _param(name, severity)
-        out, u = torch.empty_like(x), torch.empty_like(x[0])
+        out = torch.empty_like(x)
         for i, sd in enumerate(seeds):  # one uniform per element decides both "hit" and "0 or 1"
-            u.uniform_(generator=torch.Generator(device=dev).manual_seed(sd))
+            u = torch.from_numpy(np.random.default_rng(sd).random(x.shape[1:], dtype=np.float32)).to(dev)
             # reobench.md §3 row 2: a fraction `amount` of the elements (u < amount), half of them set to 1
             torch.where(u < amount, (u < 0.5 * amount).to(dt), x[i], out=out[i])
         return out
@@ -812,5 +814,8 @@ def corrupt_batch(images: Any, name: str, severity: int, seeds: Any) -> Any:
         target = round(_param(name, severity) * h)  # reobench.md §3 row 8
         max_stripe = max(1, round(GAP_MAX_STRIPE * h))
         rows = np.stack([_gap_rows(h, target, max_stripe, r) for r in rngs])
-        return x * torch.from_numpy(~rows).to(device=dev, dtype=dt).view(b, 1, h, 1)  # all channels 0
+        out = x.clone()
+        sample, row = (torch.from_numpy(i).to(dev) for i in np.nonzero(rows))
+        out[sample, :, row, :] = 0.0  # reobench.md §3 row 8: all channels 0
+        return out
     return _batch_geometric(x, name, severity, rngs)
