@@ -328,3 +328,36 @@ def test_scene_rule_predictions_write_files_and_score(tmp_path):
                                                                               "gaussian_noise/s5", "rotate/s1", "rotate/s5"}  # fmt: skip
     with pytest.raises(ValueError, match="'grounding' or 'detection'"):
         SceneRulePredictionsDataModule(task="vqa")
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    det, vqa, grd = DetectionAP(2), VQAAccuracy(), GroundingAccuracy()
+    if rank == 0:  # rank 1 sees no detection at all: its empty states must still join the gather
+        det.update([{"boxes": [[0, 0, 4, 4], [9, 9, 12, 12]], "scores": [0.9, 0.2], "labels": [0, 0]}],
+                   [{"boxes": [[0, 0, 4, 4]], "labels": [0]}])  # fmt: skip
+    vqa.update(["yes"] if rank == 0 else ["no"], ["yes"])
+    grd.update([[0, 0, 2, 2]], [[0, 0, 2, 2] if rank == 0 else [5, 5, 6, 6]])
+    values = [float(det.compute()), det.per_class().tolist(), float(vqa.compute()), float(grd.compute())]
+    Path(out, f"rank{rank}.json").write_text(json.dumps(values))
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_metrics_agree_across_two_cpu_ranks(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
+    a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert a[0] == b[0] == 1.0 and a[2] == b[2] == 0.5 and a[3] == b[3] == 0.5
+    assert a[1][0] == b[1][0] == 1.0 and math.isnan(a[1][1]) and math.isnan(b[1][1])

@@ -1,7 +1,7 @@
 """Task metrics of REOBench's non-classification tasks, as ``torchmetrics.Metric`` s (reobench.md §3 "Task metrics").
 
-Every state is sum-reduced (or, for :class:`DetectionAP`'s per-detection lists, concatenated), so each metric is
-exact under DDP and over any batching. Higher is better for all of them.
+Every state is sum-reduced (or, for :class:`DetectionAP`'s per-detection scores and flags, a list reduced by
+concatenation), so each metric is exact under DDP and over any batching. Higher is better for all of them.
 
 - :class:`VQAAccuracy`: the rule chain of reobench.md §4.4: exact match for yes/no and numbers, then word-boundary
   containment (:func:`trainer.metrics.robustness.vqa_match`), then an optional judge callable
@@ -272,6 +272,8 @@ class DetectionAP(Metric):
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         self.num_classes, self.iou_threshold, self.inclusive_pixels = int(num_classes), float(iou_threshold), bool(inclusive_pixels)
         self.add_state("n_gt", torch.zeros(self.num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        # per-detection lists reduced by concatenation, all in the metric's float dtype: a rank that saw no data
+        # contributes an empty tensor of that dtype (torchmetrics), so the gathered dtypes always agree
         for name in ("det_scores", "det_tp", "det_labels"):
             self.add_state(name, [], dist_reduce_fx="cat")
 
@@ -307,15 +309,18 @@ class DetectionAP(Metric):
                     if iou[row, best] >= self.iou_threshold and not taken[best]:  # VOC: best GT, if still free
                         taken[best] = True
                         tp[d] = True
-            self.det_scores.append(ps.to(self.device))
-            self.det_tp.append(tp.to(self.device))
-            self.det_labels.append(pl.to(self.device))
+            for name, value in (("det_scores", ps), ("det_tp", tp), ("det_labels", pl)):
+                getattr(self, name).append(value.to(device=self.device, dtype=self.dtype))
 
     def per_class(self) -> Tensor:
-        """AP of each class (NaN where the class has no ground truth)."""
-        cat = [dim_zero_cat(x).cpu() if (isinstance(x, Tensor) or x) else torch.zeros(0)
-               for x in (self.det_scores, self.det_tp, self.det_labels)]  # fmt: skip
-        scores, tps, labels = cat[0].double(), cat[1].bool(), cat[2].long()
+        """AP of each class (NaN where the class has no ground truth), over all ranks (synced like ``compute``)."""
+        self.compute()
+        return self._last_per_class.clone()
+
+    def _ap_per_class(self) -> Tensor:
+        states = (self.det_scores, self.det_tp, self.det_labels)
+        scores, tps, labels = (dim_zero_cat(x).cpu() if isinstance(x, Tensor) or x else torch.zeros(0) for x in states)
+        scores, tps, labels = scores.double(), tps.bool(), labels.round().long()
         out = torch.full((self.num_classes,), float("nan"), dtype=torch.float64)
         for c in range(self.num_classes):
             if int(self.n_gt[c]) > 0:
@@ -324,6 +329,6 @@ class DetectionAP(Metric):
         return out
 
     def compute(self) -> Tensor:
-        ap = self.per_class()
+        ap = self._last_per_class = self._ap_per_class()
         ap = ap[~torch.isnan(ap)]
         return ap.mean().float() if ap.numel() else torch.tensor(float("nan"))
