@@ -15,11 +15,14 @@ scheduler. Encoders by name (reobench.md §2):
   CLS token, *before* the visual projection) and for ConvNets (ResNet, ConvNeXt: global average pooling); for
   other transformers (ViT, DINOv2, ...) the CLS token of ``last_hidden_state`` (which they layer-norm), never
   ViT's tanh pooler (dropped: it is untrained in many checkpoints). Inputs are resized (bilinear, antialiased) to
-  ``config.image_size`` when the config has one. Normalisation: ``image_mean`` / ``image_std`` of a local
-  ``preprocessor_config.json`` when the folder has one, else the ``normalize`` argument. Hub names need the files
-  in the local HF cache (runs are offline).
+  ``config.image_size`` when the config has one. Normalisation (``normalize="auto"``): ``image_mean`` /
+  ``image_std`` of a local ``preprocessor_config.json`` when the folder has one, else none; an explicit
+  ``normalize`` (``imagenet``, ``clip``, ``none``) wins. Hub names need the files in the local HF cache (runs are
+  offline).
 - ``timm:<name>`` (``pretrained=True``, ``num_classes=0``: the pooled features; mean / std / input size from its
-  ``pretrained_cfg``) and ``open_clip:<arch>:<pretrained tag or checkpoint file>`` (the ``visual`` tower's image
+  ``pretrained_cfg``), ``timm:<name>:<checkpoint file>`` (the architecture without pretrained weights, then the
+  file's ``model`` / ``state_dict`` entry loaded non-strictly, ``module.`` prefixes dropped: MAE-style ViT
+  checkpoints such as SatMAE's and ScaleMAE's; ScaleMAE's GSD positional encoding is not reproduced) and ``open_clip:<arch>:<pretrained tag or checkpoint file>`` (the ``visual`` tower's image
   embedding; its ``image_mean`` / ``image_std``, else CLIP's): RemoteCLIP / GeoRSCLIP ship open_clip checkpoints.
   Both packages import torchvision, and no torchvision build matches a CPU-only torch 2.13.0 (PyPI's 0.28.0 fails
   at import with "operator torchvision::nms does not exist"), so they are imported lazily and, where the import
@@ -72,10 +75,11 @@ from trainer.optimization import configure_optimization
 
 __all__ = ["FrozenEncoderProbeModule", "SceneSegmentationModule", "TinyCNN", "TinySegNet", "build_encoder"]
 
-ENCODER_FORMS = ("tiny_cnn", "hf:<name or path>", "timm:<name>", "open_clip:<arch>:<pretrained>")
+ENCODER_FORMS = ("tiny_cnn", "hf:<name or path>", "timm:<name>[:<checkpoint file>]", "open_clip:<arch>:<pretrained>")
 HEADS = ("mlp", "linear")
 AUGMENTS = ("none", "flip_rotate", "rrc_flip_rotate")
 NORMALIZE = {
+    "auto": None,  # the encoder's own statistics when it has them, else none
     "none": None,
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
@@ -254,6 +258,26 @@ def _hf_encoder(name: str) -> tuple[nn.Module, int, tuple[int, int] | None, Any]
     return encoder, int(dim), size, stats
 
 
+def _load_checkpoint_loosely(model: nn.Module, path: str) -> None:
+    """Load a checkpoint file's ``model`` / ``state_dict`` entry (or the file itself) into ``model`` non-strictly,
+    dropping ``module.`` prefixes; an error when no tensor matches, a warning naming the missing keys."""
+    import warnings
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"checkpoint {path}: no tensor matches the architecture's names and shapes")
+    missing = sorted(set(own) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    if missing:
+        warnings.warn(f"checkpoint {path}: {len(missing)} tensors not loaded, e.g. {missing[:5]}", stacklevel=2)
+
+
 def build_encoder(spec: str) -> tuple[nn.Module, int, tuple[int, int] | None, Any]:
     """The encoder named ``spec`` (one of :data:`ENCODER_FORMS`, reobench.md §2).
 
@@ -269,7 +293,10 @@ def build_encoder(spec: str) -> tuple[nn.Module, int, tuple[int, int] | None, An
         return _hf_encoder(rest)
     if kind == "timm" and rest:
         timm = _optional_import("timm", "timm", spec)
-        model = timm.create_model(rest, pretrained=True, num_classes=0)
+        name, _, ckpt = rest.partition(":")
+        model = timm.create_model(name, pretrained=not ckpt, num_classes=0)
+        if ckpt:
+            _load_checkpoint_loosely(model, ckpt)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         stats = (tuple(cfg["mean"]), tuple(cfg["std"])) if "mean" in cfg and "std" in cfg else None
         return model, int(model.num_features), _pair(cfg.get("input_size")), stats
@@ -375,8 +402,9 @@ class FrozenEncoderProbeModule(_REOBenchHooks, pl.LightningModule):
         head_hidden: width of the ``mlp`` head's hidden layer.
         augment: ``none`` (arm A), ``flip_rotate`` (horizontal flip + rotation 0–360°, arm B) or ``rrc_flip_rotate``
             (RandomResizedCrop(0.9–1, bicubic) + flip + rotation, the authors' train transform, reobench.md §3).
-        normalize: ``none``, ``imagenet`` or ``clip`` mean/std normalisation of the [0, 1] inputs; a pretrained
-            encoder's own statistics (HF ``preprocessor_config.json``, timm, open_clip) take precedence.
+        normalize: mean/std normalisation of the [0, 1] inputs: ``auto`` (a pretrained encoder's own statistics:
+            HF ``preprocessor_config.json``, timm, open_clip; none for ``tiny_cnn`` or without them), ``none``,
+            ``imagenet`` (the authors' protocol, reobench.md §3) or ``clip``.
         optimizer: optimizer of the trainable parameters (reobench.md §3: Adam, lr 1e-3).
         scheduler: optional learning-rate scheduler (reobench.md §3: CosineAnnealingWarmRestarts, T₀ = 5).
         scheduler_interval: ``epoch`` or ``step``, when the scheduler steps.
@@ -394,7 +422,7 @@ class FrozenEncoderProbeModule(_REOBenchHooks, pl.LightningModule):
         head: str = "mlp",
         head_hidden: int = 128,
         augment: str = "none",
-        normalize: str = "none",
+        normalize: str = "auto",
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
@@ -421,8 +449,8 @@ class FrozenEncoderProbeModule(_REOBenchHooks, pl.LightningModule):
             self.encoder.requires_grad_(False)
         else:
             self.encoder.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes
-        #: the normalisation applied: the encoder's own, else ``normalize``'s (None = none)
-        self.norm_stats = stats if stats is not None else NORMALIZE[normalize]
+        #: the normalisation applied, ``(mean, std)`` or None: ``normalize``'s, the encoder's own under ``auto``
+        self.norm_stats = stats if normalize == "auto" else NORMALIZE[normalize]
         mean, std = self.norm_stats or ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

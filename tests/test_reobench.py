@@ -140,6 +140,8 @@ def test_hf_clip_vision_encoder_frozen_trains_the_head_only(tmp_path):
     _trainer(max_steps=2).fit(model, datamodule=ProceduralEOScenesDataModule(**ProceduralEOScenesDataModule.unit_test_params()))
     assert all(torch.equal(enc[k], v) for k, v in model.encoder.state_dict().items())
     assert all(not torch.equal(head[k], v) for k, v in model.head.state_dict().items())
+    explicit = FrozenEncoderProbeModule(encoder=f"hf:{tmp_path / 'clip'}", normalize="imagenet", head="linear")
+    assert explicit.norm_stats[0] == (0.485, 0.456, 0.406)  # an explicit normalize wins over the file
     # features are CLIP's pooled (post-layernorm CLS) output
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
@@ -183,13 +185,30 @@ def test_hf_encoder_checkpoint_round_trip(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("spec,package", [("timm:resnet18", "timm"), ("open_clip:ViT-B-32:openai", "open_clip")])
+@pytest.mark.parametrize("spec,package", [("timm:resnet18", "timm"), ("timm:vit_large_patch16_224:satmae.pth", "timm"),
+                                          ("open_clip:ViT-B-32:openai", "open_clip")])
 def test_timm_and_open_clip_fail_with_one_clear_error(spec, package, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, package, None)  # an import that fails, as it does without torchvision
     with pytest.raises(ImportError, match=r"pip install .*torchvision.*CPU-only torch 2\.13"):
         FrozenEncoderProbeModule(encoder=spec)
+
+
+def test_checkpoint_file_loads_loosely(tmp_path):
+    from modules.reobench import TinyCNN, _load_checkpoint_loosely
+
+    src, dst = TinyCNN(), TinyCNN()
+    with torch.no_grad():
+        src.features[0].weight.normal_()
+    state = {f"module.{k}": v for k, v in src.state_dict().items() if not k.startswith("features.13")}
+    torch.save({"model": {**state, "decoder.weight": torch.zeros(3)}}, tmp_path / "mae.pth")  # MAE-style extras
+    with pytest.warns(UserWarning, match="not loaded"):
+        _load_checkpoint_loosely(dst, str(tmp_path / "mae.pth"))
+    assert torch.equal(dst.features[0].weight, src.features[0].weight)
+    torch.save({"other": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="no tensor matches"):
+        _load_checkpoint_loosely(dst, str(tmp_path / "bad.pth"))
 
 
 def test_encoder_spec_errors():
