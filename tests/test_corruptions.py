@@ -373,6 +373,17 @@ def test_batch_plasma_equals_numpy_plasma():
 
 
 @needs_torch
+def test_batch_motion_blur_row_bands():
+    # a wide image is summed in bands of 16 output rows (40 = 16 + 16 + 8): same result as one pass
+    from trainer.corruptions import corrupt_batch
+
+    img = np.tile(_photo(40, np.float64), (1, 52, 1))[:, :2048]
+    out = corrupt_batch(_batch(img, 2, np.float64), "motion_blur", 5, [1, 2]).permute(0, 2, 3, 1).numpy()
+    ref = np.stack([corrupt(img, "motion_blur", 5, seed=k) for k in (1, 2)])
+    assert np.abs(out - ref).max() < 1e-9
+
+
+@needs_torch
 def test_batch_motion_taps_merge_to_unit_weight():
     from trainer.corruptions import _motion_taps
 
