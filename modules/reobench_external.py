@@ -21,7 +21,8 @@ these tasks go through the same ``trainer test`` harness and ``CorruptionSweepCa
 ``test_results`` holds ``"clean"`` and ``"<c>/s<k>"`` → metric (higher is better; the
 :class:`trainer.protocols.HasCorruptionResults` protocol). Judged tasks also log ``test/judge_failures/<cell>``,
 grounding ``test/unparsed/<cell>``. Used by ``yaml/reobench/{potsdam_seg,dior_det,vrsbench_caption,vrsbench_vqa,
-vrsbench_grounding}_external.yaml``.
+vrsbench_grounding}_external.yaml`` (paper scale) and ``yaml/reobench/scenes_grounding_external.yaml`` (offline demo:
+:class:`datamodules.external_predictions.SceneRulePredictionsDataModule` writes a rule-based detector's files).
 
 Nothing is trained: the module has no parameters, ``configure_optimizers`` returns None and ``training_step``
 steps Lightning's placeholder optimizer (the supported route for parameter-free modules, as
