@@ -57,8 +57,8 @@ from datamodules.eo_folders import build_directory_once, canonical_corruption, c
 from trainer.corruptions import CORRUPTIONS, FAMILIES, PARAMS, corrupt, sample_seed
 
 __all__ = [
-    "ExternalPredictionsDataModule", "PREDICTION_TASKS", "SceneRulePredictionsDataModule", "read_jsonl", "read_mask",
-    "red_roof_boxes",
+    "ExternalPredictionsDataModule", "PREDICTION_TASKS", "SceneRulePredictionsDataModule", "index_jsonl", "read_jsonl",
+    "read_mask", "red_roof_boxes",
 ]  # fmt: skip
 
 #: task → (prediction keys, reference keys) every record must have (besides ``id``).
@@ -74,11 +74,12 @@ SKIP_GEOMETRIC_TASKS = ("caption", "vqa")  # reobench.md §3: the VLM scripts sk
 MASK_EXTENSIONS = (".npy", ".png")
 
 
-def read_jsonl(path: str | Path) -> dict[str, dict]:
-    """id → record of a JSON-lines file (blank lines skipped); a missing id or a duplicate is an error."""
-    out: dict[str, dict] = {}
-    with open(path) as f:
+def _iter_jsonl(path: Path):
+    """``(line number, byte offset, record)`` of each non-blank line; a record must be an object with an ``id``."""
+    with open(path, "rb") as f:
+        offset = 0
         for n, line in enumerate(f, 1):
+            start, offset = offset, offset + len(line)
             if not line.strip():
                 continue
             try:
@@ -87,11 +88,38 @@ def read_jsonl(path: str | Path) -> dict[str, dict]:
                 raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
             if not isinstance(rec, dict) or "id" not in rec:
                 raise ValueError(f"{path}:{n}: a record must be a JSON object with an 'id'")
-            key = str(rec["id"])
-            if key in out:
-                raise ValueError(f"{path}:{n}: duplicate id {key!r}")
-            out[key] = rec
+            yield n, start, rec
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, dict]:
+    """id → record of a JSON-lines file (blank lines skipped); a missing id, a duplicate or a record lacking one
+    of the ``required`` keys is an error."""
+    return {key: rec for key, (_, rec) in _scan_jsonl(Path(path), required, keep=True).items()}
+
+
+def index_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, int]:
+    """id → byte offset of its line, checked like :func:`read_jsonl` but keeping no record (prediction files of
+    every cell of a detection benchmark do not fit in memory at once; a record is read when its batch is)."""
+    return {key: offset for key, (offset, _) in _scan_jsonl(Path(path), required, keep=False).items()}
+
+
+def _scan_jsonl(path: Path, required: tuple[str, ...], keep: bool) -> dict[str, tuple[int, dict | None]]:
+    out: dict[str, tuple[int, dict | None]] = {}
+    for n, offset, rec in _iter_jsonl(path):
+        key = str(rec["id"])
+        if key in out:
+            raise ValueError(f"{path}:{n}: duplicate id {key!r}")
+        lacking = [k for k in required if k not in rec]
+        if lacking:
+            raise ValueError(f"{path}:{n}: record {key!r} lacks {lacking}")
+        out[key] = (offset, rec if keep else None)
     return out
+
+
+def _read_line(path: Path, offset: int) -> dict:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return json.loads(f.readline())
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -116,19 +144,20 @@ def _mask_files(folder: Path) -> dict[str, Path]:
 
 
 class _PairDataset(Dataset):
-    """(prediction, reference) record pairs; mask paths are read on access."""
+    """(prediction, reference) record pairs of one cell. JSON-lines predictions are read from ``pred_path`` at their
+    byte offsets on access; segmentation items are ``((id, pred mask path), (id, ref mask path))``, read on access."""
 
-    def __init__(self, pairs: list[tuple[Any, Any]], masks: bool) -> None:
-        self.pairs, self.masks = pairs, masks
+    def __init__(self, pred_path: Path | None, items: list[tuple[Any, Any]], masks: bool) -> None:
+        self.pred_path, self.items, self.masks = pred_path, items, masks
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[dict, dict]:
-        pred, ref = self.pairs[i]
+        pred, ref = self.items[i]
         if self.masks:
             return {"id": pred[0], "mask": read_mask(pred[1])}, {"id": ref[0], "mask": read_mask(ref[1])}
-        return pred, ref
+        return _read_line(self.pred_path, pred), ref
 
 
 def _as_list(batch: list) -> list:
@@ -202,7 +231,8 @@ class ExternalPredictionsDataModule(LightningDataModule):
             raise ValueError("no corruptions left to evaluate (all were geometric and skip_geometric is on)")
         self.task, self.predictions_dir, self.references = task, predictions_dir, references
         self.names, self.severities, self.missing, self.batch_size = names, tuple(int(s) for s in severities), missing, int(batch_size)
-        self._cells: dict[tuple[str, int], list[tuple[Any, Any]]] | None = None
+        self._cells: dict[tuple[str, int], tuple[Path | None, list[tuple[Any, Any]]]] | None = None
+        self._ref_cache: dict[Path, dict[str, dict]] = {}
 
     @classmethod
     def unit_test_params(cls) -> dict[str, Any]:
@@ -243,30 +273,31 @@ class ExternalPredictionsDataModule(LightningDataModule):
             path = self._cell_source(ref, {}, "clean", 0)  # reobench.md §3: appearance corruptions keep targets
         return path
 
-    def _pairs(self, pred_src: Path, ref_src: Path, cell: str) -> list[tuple[Any, Any]]:
+    def _references(self, ref_src: Path) -> dict[str, dict]:
+        """The reference records of a file (parsed once: a shared file serves every cell)."""
+        if ref_src not in self._ref_cache:
+            need = () if self.task == "caption" else PREDICTION_TASKS[self.task][1]
+            refs = read_jsonl(ref_src, need)
+            if self.task == "caption" and any("caption" not in r and "captions" not in r for r in refs.values()):
+                raise ValueError(f"{ref_src}: caption references need 'caption' or 'captions'")
+            self._ref_cache[ref_src] = refs
+        return self._ref_cache[ref_src]
+
+    def _pairs(self, pred_src: Path, ref_src: Path, cell: str) -> tuple[Path | None, list[tuple[Any, Any]]]:
         if self.masks:
-            preds, refs = _mask_files(pred_src), _mask_files(ref_src)
+            preds: dict[str, Any] = _mask_files(pred_src)
+            refs: dict[str, Any] = _mask_files(ref_src)
         else:
-            preds, refs = read_jsonl(pred_src), read_jsonl(ref_src)
+            preds, refs = index_jsonl(pred_src, PREDICTION_TASKS[self.task][0]), self._references(ref_src)
         if set(preds) != set(refs):
             lack, extra = sorted(set(refs) - set(preds)), sorted(set(preds) - set(refs))
             raise ValueError(f"cell {cell}: {len(lack)} reference ids have no prediction (e.g. {lack[:3]}) and "
                              f"{len(extra)} predictions have no reference (e.g. {extra[:3]}) in {pred_src}")  # fmt: skip
         if self.masks:
-            return [((k, preds[k]), (k, refs[k])) for k in sorted(refs)]
-        need_p, need_r = PREDICTION_TASKS[self.task]
-        if self.task == "caption":
-            need_r = ()
-            if any("caption" not in r and "captions" not in r for r in refs.values()):
-                raise ValueError(f"cell {cell}: caption references need 'caption' or 'captions' ({ref_src})")
-        for recs, need, src in ((preds, need_p, pred_src), (refs, need_r, ref_src)):
-            for key, rec in recs.items():
-                lacking = [k for k in need if k not in rec]
-                if lacking:
-                    raise ValueError(f"{src}: record {key!r} lacks {lacking} (task {self.task})")
-        return [(preds[k], refs[k]) for k in refs]
+            return None, [((k, preds[k]), (k, refs[k])) for k in sorted(refs)]
+        return pred_src, [(preds[k], refs[k]) for k in refs]
 
-    def _resolve(self) -> dict[tuple[str, int], list[tuple[Any, Any]]]:
+    def _resolve(self) -> dict[tuple[str, int], tuple[Path | None, list[tuple[Any, Any]]]]:
         if self._cells is not None:
             return self._cells
         pred_root = Path(self.predictions_dir)
@@ -301,7 +332,8 @@ class ExternalPredictionsDataModule(LightningDataModule):
         self._resolve()
 
     def _loader(self, key: tuple[str, int]) -> DataLoader:
-        return DataLoader(_PairDataset(self._resolve()[key], self.masks), batch_size=self.batch_size, shuffle=False,
+        pred_path, items = self._resolve()[key]
+        return DataLoader(_PairDataset(pred_path, items, self.masks), batch_size=self.batch_size, shuffle=False,
                           collate_fn=_as_list)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
@@ -444,7 +476,7 @@ class SceneRulePredictionsDataModule(ExternalPredictionsDataModule):
     def prepare_data(self) -> None:
         self.write_files()
 
-    def _resolve(self) -> dict[tuple[str, int], list[tuple[Any, Any]]]:
+    def _resolve(self) -> dict[tuple[str, int], tuple[Path | None, list[tuple[Any, Any]]]]:
         if self._cells is None:
             self.write_files()
         return super()._resolve()

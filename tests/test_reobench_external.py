@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.external_predictions import ExternalPredictionsDataModule, read_jsonl, read_mask
+from datamodules.external_predictions import ExternalPredictionsDataModule, index_jsonl, read_jsonl, read_mask
 from modules.reobench_external import ExternalPredictionsEvalModule
 from tests.toy import quiet_trainer
 from trainer.metrics.eo_tasks import (
@@ -186,7 +186,7 @@ def test_datamodule_errors_name_the_problem(tmp_path):
     _jsonl(tmp_path / "g" / "clean.jsonl", [{"id": 1, "bbox": [0, 0, 1, 1]}])
     dm = ExternalPredictionsDataModule("grounding", str(tmp_path / "g"), str(tmp_path / "g" / "clean.jsonl"),
                                        corruptions=("clouds",), missing="skip")  # fmt: skip
-    with pytest.raises(ValueError, match=r"record '1' lacks \['box'\]"):
+    with pytest.raises(ValueError, match=r"clean.jsonl:1: record '1' lacks \['box'\]"):
         dm.setup("test")
 
 
@@ -202,7 +202,7 @@ def test_per_cell_references_fall_back_for_appearance_only(tmp_path):
         dm.setup("test")  # a geometric cell never borrows the clean references
     dm = ExternalPredictionsDataModule("grounding", str(tmp_path / "preds"), str(tmp_path / "refs"),
                                        corruptions=("clouds", "rotate"), severities=(1,))  # fmt: skip
-    refs = {key: [r for _, r in pairs] for key, pairs in dm._resolve().items()}
+    refs = {key: [r for batch in loader for _, r in batch] for key, loader in zip(dm.grid_index, dm.test_dataloader())}
     assert refs[("clouds", 1)] == [box] and refs[("rotate", 1)][0]["box"] == [1, 1, 11, 11]
 
 
@@ -361,3 +361,28 @@ def test_metrics_agree_across_two_cpu_ranks(tmp_path):
     a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert a[0] == b[0] == 1.0 and a[2] == b[2] == 0.5 and a[3] == b[3] == 0.5
     assert a[1][0] == b[1][0] == 1.0 and math.isnan(a[1][1]) and math.isnan(b[1][1])
+
+
+def test_index_jsonl_offsets_read_back_the_records(tmp_path):
+    from datamodules.external_predictions import _read_line
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "answer": "yés"}\n\n{"id": 2, "answer": "no"}\n')  # a blank line, non-ASCII
+    index = index_jsonl(path, ("answer",))
+    assert list(index) == ["a", "2"] and {k: _read_line(path, o) for k, o in index.items()} == read_jsonl(path)
+    with pytest.raises(ValueError, match=r"p.jsonl:1: record 'a' lacks \['box'\]"):
+        index_jsonl(path, ("box",))
+
+
+def test_segmentation_per_cell_references(tmp_path):
+    gt, warped = np.zeros((3, 3), dtype=np.int64), np.ones((3, 3), dtype=np.int64)
+    for root, cells in (("preds", {"clean": gt, "rotate/severity_2": warped, "haze/severity_2": gt}),
+                        ("refs", {"clean": gt, "rotate/severity_2": warped})):  # fmt: skip
+        for cell, mask in cells.items():
+            (tmp_path / root / cell).mkdir(parents=True)
+            np.save(tmp_path / root / cell / "m.npy", mask)
+    dm = ExternalPredictionsDataModule("segmentation", str(tmp_path / "preds"), str(tmp_path / "refs"),
+                                       corruptions=("haze", "rotate"), severities=(2,))  # fmt: skip
+    model = ExternalPredictionsEvalModule("segmentation", num_classes=2)
+    _run_test(model, dm, tmp_path)  # haze borrows the clean masks, rotate has its own warped ones
+    assert model.test_results == {"clean": 1.0, "haze/s2": 1.0, "rotate/s2": 1.0}
