@@ -595,7 +595,8 @@ def _batch_motion_blur(x: Any, severity: int, rngs: list[np.random.Generator]) -
     rows = max(8, (1 << 15) // w)  # output row band whose sums stay in cache (64 rows at 512 px)
     for i, rng in enumerate(rngs):
         theta = float(np.deg2rad(rng.uniform(-MOTION_MAX_ANGLE, MOTION_MAX_ANGLE)))  # §3 row 4: θ ∼ U(−45°, 45°)
-        taps = [(pad + int(oy), pad + int(ox), float(c)) for oy, ox, c in zip(*_motion_taps(theta, r, s), strict=True)]
+        oys, oxs, cs = _motion_taps(theta, r, s)
+        taps = [(pad + int(oy), pad + int(ox), float(c)) for oy, ox, c in zip(oys, oxs, cs, strict=True)]
         for r0 in range(0, h, rows):
             band = out[i, :, r0 : r0 + rows]
             n = band.shape[1]
@@ -619,6 +620,14 @@ def _roll1(a: np.ndarray, shift: int, axis: int) -> np.ndarray:
     return np.concatenate([a.take([-1], axis), a.take(range(a.shape[axis] - 1), axis)], axis)
 
 
+def _plasma_side(h: int, w: int) -> int:
+    """Side of :func:`plasma_fractal`'s map: the smallest power of two ≥ 2 and ≥ the largest side."""
+    n = 2
+    while n < max(h, w):
+        n *= 2
+    return n
+
+
 def _mean4_plus(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """(a + b + c + d) / 4 + noise, summed left to right as :func:`plasma_fractal` does (×0.25 is exactly /4)."""
     out = a + b
@@ -638,9 +647,7 @@ def _batch_plasma(rngs: list[np.random.Generator], h: int, w: int, decay: float)
     their centres, top and left midpoints interleave into the next level's corners [B, 2m, 2m]
     (``a[::step, ::step]`` in :func:`plasma_fractal`).
     """
-    n = 2
-    while n < max(h, w):
-        n *= 2
+    n = _plasma_side(h, w)
     b = len(rngs)
     c = np.zeros((b, 1, 1))
     amp = 100.0  # reobench.md §3 plasma: amplitude starts at 100
@@ -667,10 +674,7 @@ def _batch_plasma(rngs: list[np.random.Generator], h: int, w: int, decay: float)
 def _plasma_chunks(b: int, h: int, w: int) -> list[slice]:
     """Batch slices for the plasma corruptions: ≤ 2^16 plasma pixels (float64) a slice, so a 224 px batch
     goes one sample at a time and a 64 px one 16 at a time."""
-    n = 2
-    while n < max(h, w):
-        n *= 2
-    return _chunks(b, n * n, 1 << 16)
+    return _chunks(b, _plasma_side(h, w) ** 2, 1 << 16)
 
 
 def _batch_clouds(x: Any, severity: int, rngs: list[np.random.Generator]) -> Any:
@@ -731,8 +735,8 @@ def _grid_theta(m: np.ndarray, h: int, w: int) -> np.ndarray:
 
     With ``align_corners=False``, pixel index p of a side n sits at normalised (2p + 1)/n − 1.
     """
-    from_norm = np.array([[0.0, h / 2, (h - 1) / 2], [w / 2, 0.0, (w - 1) / 2], [0.0, 0.0, 1.0]])  # (x, y, 1) → (r, c, 1)
-    to_norm = np.array([[0.0, 2 / w, 1 / w - 1], [2 / h, 0.0, 1 / h - 1], [0.0, 0.0, 1.0]])  # (r, c, 1) → (x, y, 1)
+    from_norm = np.array([[0.0, h / 2, (h - 1) / 2], [w / 2, 0.0, (w - 1) / 2], [0.0, 0.0, 1.0]])  # (x, y, 1) → (r, c)
+    to_norm = np.array([[0.0, 2 / w, 1 / w - 1], [2 / h, 0.0, 1 / h - 1], [0.0, 0.0, 1.0]])  # (r, c, 1) → (x, y)
     return (to_norm @ m @ from_norm)[:2]
 
 
