@@ -96,6 +96,8 @@ class ExternalPredictionsEvalModule(pl.LightningModule):
         self._make_metric()  # fail now on a bad judge path or setting
         self.test_metrics = nn.ModuleList()
         self.test_names: list[str] = []
+        self._cell_logs: dict[int, dict[str, float]] = {}
+        self._current = -1
         #: loader name → metric of the last ``test`` run
         self.test_results: dict[str, float] = {}
 
@@ -174,20 +176,35 @@ class ExternalPredictionsEvalModule(pl.LightningModule):
             self.test_names = ["clean" if c == "clean" else f"{c}/s{s}" for c, s in grid]
         else:
             self.test_names = ["clean"] + [f"loader{i}" for i in range(1, n)]
+        self.test_results = {}
         self.test_metrics = nn.ModuleList(self._make_metric() for _ in self.test_names).to(self.device)
+        self._cell_logs, self._current = {}, -1
+
+    def _finish_cell(self, idx: int) -> None:
+        """Compute (synced across ranks) and free one cell's metric: loaders run one after another, so at most one
+        cell's detections are held at a time (every rank moves to the next loader together)."""
+        if idx < 0 or idx in self._cell_logs:
+            return
+        name, metric = self.test_names[idx], self.test_metrics[idx]
+        value = float(metric.compute())
+        logs = {f"test/{self.metric_name}/{name}": value}
+        if hasattr(metric, "judge_failures") and metric.judge is not None:
+            logs[f"test/judge_failures/{name}"] = float(metric.judge_failures)
+        if hasattr(metric, "unparsed"):
+            logs[f"test/unparsed/{name}"] = float(metric.unparsed)
+        metric.reset()
+        self._cell_logs[idx] = logs
+        self.test_results[name] = value
 
     def test_step(self, batch: list[tuple[dict, dict]], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx != self._current:
+            self._finish_cell(self._current)
+            self._current = dataloader_idx
         self._update(self.test_metrics[dataloader_idx], batch)
 
     def on_test_epoch_end(self) -> None:
-        logs: dict[str, float] = {}
-        self.test_results = {}
-        for name, metric in zip(self.test_names, self.test_metrics):
-            value = float(metric.compute())  # synced across ranks
-            self.test_results[name] = value
-            logs[f"test/{self.metric_name}/{name}"] = value
-            if hasattr(metric, "judge_failures") and metric.judge is not None:
-                logs[f"test/judge_failures/{name}"] = float(metric.judge_failures)
-            if hasattr(metric, "unparsed"):
-                logs[f"test/unparsed/{name}"] = float(metric.unparsed)
-        self.log_dict(logs, add_dataloader_idx=False)
+        for idx in range(len(self.test_names)):
+            self._finish_cell(idx)
+        self.test_results = {name: self.test_results[name] for name in self.test_names}  # grid order
+        self.log_dict({k: v for idx in sorted(self._cell_logs) for k, v in self._cell_logs[idx].items()},
+                      add_dataloader_idx=False)  # fmt: skip

@@ -258,6 +258,7 @@ def test_detection_segmentation_and_caption_cells(tmp_path):
     model = ExternalPredictionsEvalModule("detection", num_classes=2)
     _run_test(model, dm, tmp_path)
     assert model.test_results == {"clean": 1.0, "haze/s3": 0.5}
+    assert all(m.det_scores == [] for m in model.test_metrics)  # each cell is freed once scored
     # segmentation: .npy and .png masks per id
     from PIL import Image
 
