@@ -22,8 +22,9 @@ scheduler. Encoders by name (reobench.md §2):
 - ``timm:<name>`` (``pretrained=True``, ``num_classes=0``: the pooled features; mean / std / input size from its
   ``pretrained_cfg``), ``timm:<name>:<checkpoint file>`` (the architecture without pretrained weights, then the
   file's ``model`` / ``state_dict`` entry loaded non-strictly, ``module.`` prefixes dropped: MAE-style ViT
-  checkpoints such as SatMAE's and ScaleMAE's; ScaleMAE's GSD positional encoding is not reproduced) and ``open_clip:<arch>:<pretrained tag or checkpoint file>`` (the ``visual`` tower's image
-  embedding; its ``image_mean`` / ``image_std``, else CLIP's): RemoteCLIP / GeoRSCLIP ship open_clip checkpoints.
+  checkpoints such as SatMAE's and ScaleMAE's; ScaleMAE's GSD positional encoding is not reproduced) and
+  ``open_clip:<arch>:<pretrained tag or checkpoint file>`` (the ``visual`` tower's image embedding; its
+  ``image_mean`` / ``image_std``, else CLIP's): RemoteCLIP / GeoRSCLIP ship open_clip checkpoints.
   Both packages import torchvision, and no torchvision build matches a CPU-only torch 2.13.0 (PyPI's 0.28.0 fails
   at import with "operator torchvision::nms does not exist"), so they are imported lazily and, where the import
   fails, one ImportError says what to install. They are not dependencies of this project; they work on a machine
@@ -34,7 +35,7 @@ Train augmentation: ``flip_rotate`` (horizontal flip + rotation 0–360°, the m
 batch in torch, seeded by (seed, global step).
 
 :class:`SceneSegmentationModule` (semantic segmentation, reobench.md §7 arm S): a small U-Net-like
-encoder–decoder (:class:`TinySegNet`, ≈ 90 k parameters) with pixel-wise cross-entropy and mIoU
+encoder–decoder (:class:`TinySegNet`, 93 k parameters at the default widths) with pixel-wise cross-entropy and mIoU
 (:class:`trainer.metrics.segmentation.SegmentationMIoU`). At test time it logs, when a TensorBoard logger is
 attached, a grid of the first test images with the ground-truth mask and the predicted masks on clean and under
 every corruption at severity 3 (or the middle severity tested) (reobench.md §8).
@@ -45,13 +46,13 @@ Both modules test over a :class:`datamodules.corruption_grid.CorruptionGridDataM
 (:class:`trainer.protocols.HasCorruptionResults`). Under DDP they average BatchNorm running statistics over the
 ranks after each backward, so every rank holds the same model.
 
-YAML: ``yaml/reobench/scenes_seg.yaml`` (segmentation); ``yaml/reobench/aid_*_probe.yaml`` (paper scale, open_clip
-and hf encoders).
+YAML: ``yaml/reobench/scenes_seg.yaml`` (segmentation); ``yaml/reobench/aid_*_probe.yaml`` (paper scale: open_clip and
+timm encoders with the authors' protocol).
 
 Deviations: rotation pads by reflection (torchvision's RandomRotation fills black corners); RandomResizedCrop clips
 an out-of-image box to the image instead of redrawing it; the paper's test transform (Resize + CenterCrop 224) is
-the datamodule's job, this module only resizes to the encoder's input size. Not here yet (issue 10): the
-external-predictions module.
+the datamodule's job, this module only resizes to the encoder's input size; the mosaic segmentation net is ours (the
+paper segments ISPRS Potsdam with its own models: ``modules/reobench_external.py`` scores their predictions).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class TinySegNet(nn.Module):
 
     Encoder: per width a block of two (conv 3×3, BatchNorm, ReLU), 2×2 max-pool between blocks. Decoder: bilinear
     upsampling to the skip's size, concatenation with the encoder block of that size, one block; a 1×1 conv to the
-    class logits ``[B, num_classes, H, W]``. Widths (16, 32, 48): ≈ 90 k parameters.
+    class logits ``[B, num_classes, H, W]``. Widths (16, 32, 48): 93 k parameters (6 classes).
     """
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 48)) -> None:
