@@ -290,15 +290,17 @@ def _batch(img=IMG, b=2, dtype=np.float32):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_matches_numpy(name, dtype):
     # every corruption whose parameters come from the seeded numpy generator equals corrupt(..., seed=s)
-    # per image; non-square, so an H/W mix-up shows
+    # per image; non-square, so an H/W mix-up shows; a channels-last view, as from an N×H×W×3 array
     from trainer.corruptions import corrupt_batch
 
     img = _photo(64, dtype)[:40, :56]
     seeds = [3, 4, 11]
+    x = torch.from_numpy(np.stack([img, img[::-1], img])).permute(0, 3, 1, 2)
+    assert not x.is_contiguous()
     for s in range(1, 6):
-        out = corrupt_batch(_batch(img, len(seeds), dtype), name, s, seeds)
-        assert out.dtype == _batch(img, 1, dtype).dtype and out.shape == (3, 3, 40, 56)
-        ref = np.stack([corrupt(img, name, s, seed=k) for k in seeds])
+        out = corrupt_batch(x, name, s, seeds)
+        assert out.dtype == x.dtype and out.shape == (3, 3, 40, 56)
+        ref = np.stack([corrupt(im, name, s, seed=k) for im, k in zip((img, img[::-1], img), seeds, strict=True)])
         err = np.abs(out.permute(0, 2, 3, 1).numpy() - ref).max()
         assert err < (1e-4 if dtype == np.float32 else 1e-9), (s, err)
 
