@@ -1,7 +1,7 @@
 """Corruption speed (reobench.md §3, issue 10): images per second of the batched torch path against the reference.
 
     python benchmarks/corruption_speed.py [--sizes 64 224 512] [--batch 32] [--severity 3] [--repeats 3]
-                                          [--threads 1] [--corruptions gaussian_noise ...] [--quick]
+                                          [--min-time 0.5] [--threads 1] [--corruptions gaussian_noise ...] [--quick]
 
 For each of the 12 corruptions and each image side:
 
@@ -11,12 +11,12 @@ For each of the 12 corruptions and each image side:
   the same per-sample seeds (``sample_seed(0, i, name, severity)``).
 
 Images are real photos: scikit-learn's ``load_sample_images()`` (two 427×640 photos), centre-cropped to a square,
-resized with PIL (bicubic) to each side and tiled to ``--batch`` images. Each measurement is repeated ``--repeats``
-times, ref and batched in alternation, after one warm-up call of each on one image (lazy imports, the cached blur
-matrices); the table shows the best (shortest) of the repeats of each, as ``timeit`` does: on a shared machine
-other processes only ever add time, so the minimum is the least disturbed measurement. ``max abs diff`` is the
-largest difference between the two outputs (``noise`` for the two noise types, whose per-element draws differ in
-the batched path: same distribution, other draws).
+resized with PIL (bicubic) to each side and tiled to ``--batch`` images. Ref and batched are timed in alternation,
+``--repeats`` times and, for the fast ones, until the reference loop has run for ``--min-time`` seconds in all,
+after one warm-up call of each on one image (lazy imports, the cached blur matrices); the table shows the best
+(shortest) run of each, as ``timeit`` does: on a shared machine other processes only ever add time, so the minimum
+is the least disturbed measurement. ``max abs diff`` is the largest difference between the two outputs (``noise``
+for the two noise types, whose per-element draws differ in the batched path: same distribution, other draws).
 
 ``--threads`` (default 1) sets ``torch.set_num_threads`` and, when numpy is not imported yet, ``OMP_NUM_THREADS`` /
 ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``: the reference runs on one core (NumPy, SciPy's filters and PIL are
@@ -57,8 +57,9 @@ def sample_photos(side: int) -> list[Any]:
     return out
 
 
-def measure(name: str, side: int, batch: int, severity: int, repeats: int) -> dict[str, Any]:
-    """Best-of-``repeats`` seconds of ``corrupt`` in a loop and of ``corrupt_batch`` over the same ``batch`` images."""
+def measure(name: str, side: int, batch: int, severity: int, repeats: int, min_time: float) -> dict[str, Any]:
+    """Best seconds of ``corrupt`` in a loop and of ``corrupt_batch`` over the same ``batch`` images, over at least
+    ``repeats`` alternating runs and until the reference runs add up to ``min_time`` seconds."""
     import numpy as np
     import torch
 
@@ -71,7 +72,7 @@ def measure(name: str, side: int, batch: int, severity: int, repeats: int) -> di
     corrupt(imgs[0], name, severity, seed=seeds[0])  # warm-up
     corrupt_batch(x[:1], name, severity, seeds[:1])
     t_ref, t_bat = [], []
-    for _ in range(repeats):
+    while len(t_ref) < repeats or sum(t_ref) < min_time:
         t0 = time.perf_counter()
         ref = [corrupt(img, name, severity, seed=s) for img, s in zip(imgs, seeds, strict=True)]
         t_ref.append(time.perf_counter() - t0)
@@ -111,13 +112,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224, 512], help="image sides in px")
     parser.add_argument("--batch", type=int, default=32, help="images per batch (and per reference loop)")
     parser.add_argument("--severity", type=int, default=3, choices=range(1, 6), help="severity of every corruption")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the best one counts)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats at least (the best one counts)")
+    parser.add_argument("--min-time", type=float, default=0.5, help="repeat fast ones until the ref runs take this")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair single-core comparison)")
     parser.add_argument("--corruptions", nargs="+", default=None, help="subset (default: all 12)")
     parser.add_argument("--quick", action="store_true", help="64 and 224 px, 4 images, 1 repeat")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.batch, args.repeats = [64, 224], 4, 1
+        args.sizes, args.batch, args.repeats, args.min_time = [64, 224], 4, 1, 0.0
     if RESULT_SIDE not in args.sizes:
         parser.error(f"--sizes must include {RESULT_SIDE} (the RESULT line is at {RESULT_SIDE} px)")
     if "numpy" not in sys.modules:
@@ -132,13 +134,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown:
         parser.error(f"unknown corruptions {unknown}; known: {', '.join(CORRUPTIONS)}")
-    print(f"severity {args.severity}, batch {args.batch}, best of {args.repeats} repeats, "
+    print(f"severity {args.severity}, batch {args.batch}, best of ≥ {args.repeats} repeats and ≥ {args.min_time} s, "
           f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     rows = []
     for side in args.sizes:
         for name in names:
-            rows.append(measure(name, side, args.batch, args.severity, args.repeats))
+            rows.append(measure(name, side, args.batch, args.severity, args.repeats, args.min_time))
     print(table(rows))
     tot = totals([r for r in rows if r["side"] == RESULT_SIDE])
     print(f"RESULT images_per_s={tot['batched_ips']:.1f} speedup_vs_reference={tot['speedup']:.2f}")

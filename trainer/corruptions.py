@@ -584,10 +584,11 @@ def _motion_taps(theta: float, r: int, s: float) -> tuple[np.ndarray, np.ndarray
     oy = np.concatenate([fy, fy, fy + 1, fy + 1]).astype(np.int64)
     ox = np.concatenate([fx, fx + 1, fx, fx + 1]).astype(np.int64)
     c = np.concatenate([wk * (1 - ay) * (1 - ax), wk * (1 - ay) * ax, wk * ay * (1 - ax), wk * ay * ax])
-    keys, inv = np.unique(np.stack([oy, ox], axis=1), axis=0, return_inverse=True)
+    span = int(ox.max() - ox.min()) + 1
+    keys, inv = np.unique((oy - oy.min()) * span + (ox - ox.min()), return_inverse=True)  # one int per (oy, ox)
     c = np.bincount(inv.reshape(-1), weights=c, minlength=len(keys))
     nz = c != 0
-    return keys[nz, 0], keys[nz, 1], c[nz]
+    return keys[nz] // span + oy.min(), keys[nz] % span + ox.min(), c[nz]
 
 
 def _batch_motion_blur(x: Any, severity: int, rngs: list[np.random.Generator]) -> Any:
