@@ -77,8 +77,9 @@ class CorruptionSweepCallback(StatefulCallback):
         self.table = {c: [v[s] for s in sorted(v)] for c, v in table.items()}
         families = {f: [c for c in names if c in table] for f, names in FAMILIES.items() if f != "all"}
         self.summary = robustness_summary(results["clean"], self.table, families)
+        out_dir = trainer.log_dir or trainer.default_root_dir  # a collective: every rank reads it
         if trainer.is_global_zero:
-            self._log(trainer, results["clean"], sorted(next(iter(table.values()))))
+            self._log(trainer, results["clean"], sorted(next(iter(table.values()))), out_dir)
             if self.sample_grids:
                 self._log_samples(trainer, list(table))
 
@@ -96,7 +97,7 @@ class CorruptionSweepCallback(StatefulCallback):
         rows = [[photo] + [corrupt(photo, c, s, seed=sample_seed(0, "photo", c, s)) for s in range(1, 6)] for c in names]
         log_image(trainer, f"{self.name}/samples/photo", image_grid(rows))
 
-    def _log(self, trainer: Trainer, clean: float, severities: list[int]) -> None:
+    def _log(self, trainer: Trainer, clean: float, severities: list[int], out_dir: str) -> None:
         from trainer.plots import bar_figure, heatmap_figure, lines_figure, log_figure
 
         scalars = {}
@@ -123,7 +124,9 @@ class CorruptionSweepCallback(StatefulCallback):
             order, [self.summary[c]["rel_drop"] for c in order], title="relative drop (%)", ylabel="%",
             groups=[fam.get(c, "other") for c in order],
         ))  # fmt: skip
-        out = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.fast_dev_run:  # no logger, no run directory: nothing to write
+            return
+        out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "robustness.csv", "w", newline="") as f:
             w = csv.writer(f)

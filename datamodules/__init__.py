@@ -18,5 +18,7 @@ from datamodules.preference_prompts import PreferencePromptDataModule
 from datamodules.mo_toys import FishwoodDataModule
 from datamodules.eo_scenes import DigitsImageDataModule, ProceduralEOScenesDataModule
 from datamodules.corruption_grid import CorruptionGridDataModule
+from datamodules.eo_folders import EOImageFolderDataModule
+from datamodules.external_predictions import ExternalPredictionsDataModule, SceneRulePredictionsDataModule
 
-__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule", "EtoTrajectoryDataModule", "ScienceWorldDataModule", "TextWorldExpressDataModule", "TextWorldGamesDataModule", "ToyTextGameDataModule", "PreferencePromptDataModule", "FishwoodDataModule", "DigitsImageDataModule", "ProceduralEOScenesDataModule", "CorruptionGridDataModule"]
+__all__: list[str] = ["ContextTableStreamDataModule", "DigitsDataModule", "HasardDataModule", "ImageClassificationDataModule", "InstructionDataModule", "LavaGridDataModule", "RecurringConceptStreamDataModule", "RepeatedTokensDataModule", "TableStreamDataModule", "TextCorpusDataModule", "EtoTrajectoryDataModule", "ScienceWorldDataModule", "TextWorldExpressDataModule", "TextWorldGamesDataModule", "ToyTextGameDataModule", "PreferencePromptDataModule", "FishwoodDataModule", "DigitsImageDataModule", "ProceduralEOScenesDataModule", "CorruptionGridDataModule", "EOImageFolderDataModule", "ExternalPredictionsDataModule", "SceneRulePredictionsDataModule"]

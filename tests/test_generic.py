@@ -144,7 +144,10 @@ def test_module_conformance(cls, tmp_path):
     model = _instantiate(cls)
     dm_name = getattr(cls, "unit_test_datamodule", None)
     assert dm_name, f"{cls.__name__} needs a class attribute unit_test_datamodule naming a datamodule"
-    dm = _instantiate(_class_by_name(dm_name))
+    dm_cls = _class_by_name(dm_name)
+    # a module may ask for its datamodule in another mode (e.g. segmentation masks instead of labels)
+    dm_params = {**dm_cls.unit_test_params(), **getattr(cls, "unit_test_datamodule_params", dict)()}
+    dm = dm_cls(**dm_params)
 
     # hparams hold every __init__ argument
     params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]

@@ -2,7 +2,10 @@
 
 Ensemble metrics (NeuroTrails and any multi-head or multi-model run) live in
 :mod:`trainer.metrics.ensemble`; data-stream metrics (prequential accuracy, the κ family, C-F1 and
-drift-detection statistics, FiCSUM and any concept-drift run) in :mod:`trainer.metrics.stream`.
+drift-detection statistics, FiCSUM and any concept-drift run) in :mod:`trainer.metrics.stream`; corruption-robustness
+aggregates in :mod:`trainer.metrics.robustness`, REOBench's task metrics (VQA, grounding, captions, detection AP) in
+:mod:`trainer.metrics.eo_tasks` and segmentation mIoU in :mod:`trainer.metrics.segmentation` (REOBench and any
+robustness run).
 """
 
 from trainer.metrics.ensemble import (
@@ -14,6 +17,9 @@ from trainer.metrics.ensemble import (
     offdiagonal_mean,
     pairwise_disagreement_matrix,
 )
+from trainer.metrics.eo_tasks import CaptionSimilarity, DetectionAP, GroundingAccuracy, VQAAccuracy
+from trainer.metrics.robustness import CorruptionGridMetric
+from trainer.metrics.segmentation import SegmentationMIoU
 from trainer.metrics.stream import (
     ConceptF1,
     DriftDetections,
@@ -36,7 +42,13 @@ from trainer.metrics.stream import (
 )
 
 __all__ = [
+    "CaptionSimilarity",
     "ConceptF1",
+    "CorruptionGridMetric",
+    "DetectionAP",
+    "GroundingAccuracy",
+    "SegmentationMIoU",
+    "VQAAccuracy",
     "DriftDetections",
     "EnsembleDisagreement",
     "ExpectedCalibrationError",
