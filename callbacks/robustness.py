@@ -7,7 +7,7 @@ rank 0, ``robust/rel_drop/<c>``, ``robust/abs_drop/<c>``, ``robust/worst_drop/<c
 ``robust/mean_rel_drop/{appearance,geometric,all}``, a corruption × severity heatmap of the metric, the metric
 against severity per corruption (lines, clean dashed), a bar chart of the relative drops sorted by size, and writes
 ``robustness.csv`` (corruption, clean, s1..s5, mean, drops; the rows ranked by relative drop) next to the logs.
-Sample grids (``add_image``, reobench.md §8): test image ``sample_index`` of the datamodule
+Sample grids (``add_image``, reobench.md §8); a text table ``robust/table`` ranks the corruption types by relative drop: test image ``sample_index`` of the datamodule
 (:class:`trainer.protocols.ProvidesCorruptedSamples`) and one of scikit-learn's bundled sample photos, each under the
 12 corruptions (rows) × clean, s1..s5 (columns). ``summary`` keeps the last result (the benchmark reads it).
 
@@ -98,7 +98,7 @@ class CorruptionSweepCallback(StatefulCallback):
         log_image(trainer, f"{self.name}/samples/photo", image_grid(rows))
 
     def _log(self, trainer: Trainer, clean: float, severities: list[int], out_dir: str) -> None:
-        from trainer.plots import bar_figure, heatmap_figure, lines_figure, log_figure
+        from trainer.plots import bar_figure, heatmap_figure, lines_figure, log_figure, log_text
 
         scalars = {}
         for c in self.table:
@@ -124,6 +124,13 @@ class CorruptionSweepCallback(StatefulCallback):
             order, [self.summary[c]["rel_drop"] for c in order], title="relative drop (%)", ylabel="%",
             groups=[fam.get(c, "other") for c in order],
         ))  # fmt: skip
+        head = f"| rank | corruption | clean | {' | '.join(f's{s}' for s in severities)} | mean | abs drop | rel drop % |"
+        lines = [head, "|" + "---|" * (len(severities) + 6)]
+        for rank, c in enumerate(order, 1):
+            s = self.summary[c]
+            cells = " | ".join(f"{v:.3f}" for v in self.table[c])
+            lines.append(f"| {rank} | {c} | {clean:.3f} | {cells} | {s['mean']:.3f} | {s['abs_drop']:.3f} | {s['rel_drop']:.2f} |")
+        log_text(trainer, f"{self.name}/table", "\n".join(lines))
         if trainer.fast_dev_run:  # no logger, no run directory: nothing to write
             return
         out = Path(out_dir)

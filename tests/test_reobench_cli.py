@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def _events(run: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags = {"images": set(), "scalars": set()}
+    tags = {"images": set(), "scalars": set(), "tensors": set()}
     for f in run.glob("events.out.tfevents.*"):
         ea = EventAccumulator(str(f), size_guidance={"images": 0, "scalars": 0})
         ea.Reload()
@@ -59,6 +59,7 @@ def test_fit_then_test_last_logs_the_grid_into_the_training_run(in_tmp, monkeypa
     tags = _events(run)
     assert {"robust/heatmap", "robust/vs_severity", "robust/rel_drop", "robust/samples/test_image",
             "robust/samples/photo"} <= tags["images"]  # fmt: skip
+    assert "robust/table/text_summary" in tags["tensors"]
     assert {"test/acc/clean", "test/acc/haze/s5", "robust/rel_drop/haze", "robust/mean_rel_drop/geometric"} <= tags["scalars"]
 
 

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = [
-    "bar_figure", "heatmap_figure", "histogram_figure", "image_grid", "lines_figure", "log_figure", "log_image",
+    "bar_figure", "heatmap_figure", "histogram_figure", "image_grid", "lines_figure", "log_figure", "log_image", "log_text",
     "pareto_figure", "scatter_figure",
 ]  # fmt: skip
 
@@ -144,25 +144,30 @@ def image_grid(rows: Sequence[Sequence[Any]], pad: int = 2) -> Any:
 
 def log_image(trainer: Any, tag: str, image: Any, step: int | None = None) -> None:
     """Send an H×W×3 uint8 image to every TensorBoard logger of ``trainer`` (rank 0 only)."""
+    for logger in _tensorboard_loggers(trainer):
+        logger.experiment.add_image(tag, image, global_step=trainer.global_step if step is None else step,
+                                    dataformats="HWC")  # fmt: skip
+
+
+def log_text(trainer: Any, tag: str, text: str, step: int | None = None) -> None:
+    """Send Markdown ``text`` (e.g. a table) to every TensorBoard logger of ``trainer`` (rank 0 only)."""
+    for logger in _tensorboard_loggers(trainer):
+        logger.experiment.add_text(tag, text, global_step=trainer.global_step if step is None else step)
+
+
+def _tensorboard_loggers(trainer: Any) -> list[Any]:
     if trainer is None or not getattr(trainer, "is_global_zero", True):
-        return
+        return []
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    for logger in getattr(trainer, "loggers", []):
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(tag, image, global_step=trainer.global_step if step is None else step,
-                                        dataformats="HWC")  # fmt: skip
+    return [lg for lg in getattr(trainer, "loggers", []) if isinstance(lg, TensorBoardLogger)]
 
 
 def log_figure(trainer: Any, tag: str, figure: Any, step: int | None = None) -> None:
     """Send ``figure`` to every TensorBoard logger of ``trainer`` (rank 0 only), then close it."""
     try:
-        if trainer is not None and getattr(trainer, "is_global_zero", True):
-            from lightning.pytorch.loggers import TensorBoardLogger
-
-            for logger in getattr(trainer, "loggers", []):
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_figure(tag, figure, global_step=trainer.global_step if step is None else step)
+        for logger in _tensorboard_loggers(trainer):
+            logger.experiment.add_figure(tag, figure, global_step=trainer.global_step if step is None else step)
     finally:
         plt.close(figure)
 
