@@ -103,3 +103,29 @@ def test_sweep_bookkeeping():
     assert monotone_steps({"a": [0.9, 0.8, 0.8, 0.85], "b": [1.0, 1.0]}) == (3, 4)
     assert spearman([1, 2, 3, 4, 5], [0.9, 0.8, 0.7, 0.75, 0.6]) == pytest.approx(-0.9)
     assert np.isnan(spearman([1, 2, 3], [0.5, 0.5, 0.5]))
+
+
+@pytest.mark.slow
+def test_trained_miniature_accuracy_falls_with_severity(tmp_path):
+    """reobench.md §6: on a trained miniature CNN, Spearman(severity, accuracy) ≤ −0.8 for noise, blur, haze, clouds
+    and gaps (one inversion allowed). A smaller arm A (64 px, 80 scenes per class, 4 epochs) to fit a test (at 32 px
+    the blurs, scaled by side/224, are below a pixel and change nothing)."""
+    import lightning.pytorch as pl
+    from scipy.stats import spearmanr
+
+    from modules.reobench import FrozenEncoderProbeModule
+
+    pl.seed_everything(0)
+    base = ProceduralEOScenesDataModule(size=64, train_per_class=80, val_per_class=10, test_per_class=30, batch_size=32)
+    model = FrozenEncoderProbeModule(num_classes=6, scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 4))
+    kw = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    pl.Trainer(max_epochs=4, **kw).fit(model, datamodule=base)
+    names = ("gaussian_noise", "gaussian_blur", "haze", "clouds", "data_gaps")
+    grid = CorruptionGridDataModule(base, corruptions=names, cache_dir=str(tmp_path))
+    pl.Trainer(**kw).test(model, datamodule=grid, verbose=False)
+    assert model.test_results["clean"] > 0.9
+    for c in names:
+        acc = [model.test_results[f"{c}/s{s}"] for s in range(1, 6)]
+        rho = spearmanr(range(1, 6), acc).statistic
+        inversions = sum(b > a for a, b in zip(acc, acc[1:]))
+        assert rho <= -0.8 and inversions <= 1, (c, acc)
