@@ -4,7 +4,6 @@ weights of each mode, DDP agreement of the Gram matrix, bad input, and short end
 from __future__ import annotations
 
 import importlib.util
-import socket
 
 import lightning.pytorch as pl
 import numpy as np
@@ -240,10 +239,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.ddp
 def test_gram_and_weights_agree_across_two_ranks(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    from tests.toy import free_port
+
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     adv, mask, prefs = _rollout(b=8, seed=3)
     for mode in ("objective", "constraint"):
         full, _ = _mlp_model(control_mode=mode)._rollout_weights(adv, mask, prefs, None, 0)

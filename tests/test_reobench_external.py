@@ -351,14 +351,11 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.ddp
 def test_metrics_agree_across_two_cpu_ranks(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
+    from tests.toy import free_port
+
+    mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert a[0] == b[0] == 1.0 and a[2] == b[2] == 0.5 and a[3] == b[3] == 0.5
     assert a[1][0] == b[1][0] == 1.0 and math.isnan(a[1][1]) and math.isnan(b[1][1])

@@ -94,3 +94,12 @@ def quiet_trainer(callbacks: Any = (), **overrides: Any) -> Trainer:
     )
     opts.update(overrides)
     return Trainer(callbacks=list(callbacks), **opts)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test's own gloo process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
