@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from trainer.corruptions import CORRUPTIONS, PARAMS, corrupt, sample_seed
+from trainer.corruptions import CORRUPTIONS, PARAMS, check_grid, corrupt, sample_seed
 
 __all__ = ["CorruptionGridDataModule"]
 
@@ -60,14 +60,8 @@ class CorruptionGridDataModule(LightningDataModule):
         eval_batch_size: int = 256,
     ) -> None:
         super().__init__()
-        names = tuple(CORRUPTIONS) if corruptions is None else tuple(corruptions)
-        unknown = [n for n in names if n not in CORRUPTIONS]
-        if unknown or not names:
-            raise ValueError(f"unknown corruptions {unknown or names}; known: {list(CORRUPTIONS)}")
-        bad = [s for s in severities if isinstance(s, bool) or int(s) != s or not 1 <= int(s) <= 5]
-        if bad or not severities:
-            raise ValueError(f"severities must be integers in 1..5, got {list(severities)}")
-        self.base, self.names, self.severities = base, names, tuple(int(s) for s in severities)
+        names, severities = check_grid(CORRUPTIONS if corruptions is None else corruptions, severities)
+        self.base, self.names, self.severities = base, names, severities
         self.seed, self.eval_batch_size = int(seed), int(eval_batch_size)
         root = cache_dir or os.environ.get("PAPER_TRAINER_CACHE")
         self.cache_dir = Path(root) / "corruptions" if root else Path(tempfile.gettempdir()) / "paper_trainer_corruptions"

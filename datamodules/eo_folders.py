@@ -36,7 +36,7 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.corruptions import CORRUPTIONS
+from trainer.corruptions import CORRUPTIONS, check_grid
 from trainer.data import seeded_train_loader
 
 __all__ = [
@@ -206,9 +206,7 @@ class EOImageFolderDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         names = tuple(CORRUPTIONS) if corruptions is None else tuple(canonical_corruption(c) for c in corruptions)
-        bad = [s for s in severities if isinstance(s, bool) or int(s) != s or not 1 <= int(s) <= 5]
-        if bad or not severities or not names:
-            raise ValueError(f"severities must be integers in 1..5 and corruptions non-empty, got {list(severities)}")
+        names, severities = check_grid(names, severities)
         if image_size < 8 or batch_size < 1 or eval_batch_size < 1:
             raise ValueError("image_size must be ≥ 8 and batch sizes ≥ 1")
         if not (0 <= val_fraction < 1 and 0 < test_fraction < 1):

@@ -430,3 +430,14 @@ def test_batch_identity():
     for name in NAMES:
         out = corrupt_batch(x, name, 0, [0, 1])
         assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+
+
+def test_check_grid_names_and_severities():
+    from trainer.corruptions import check_grid
+
+    assert check_grid(["haze", "rotate"], [1, 5.0]) == (("haze", "rotate"), (1, 5))
+    for names, sev, msg in [(["nope"], [1], "unknown corruptions"), ([], [1], "unknown corruptions"),
+                            (["haze"], [0], "1..5"), (["haze"], [6], "1..5"), (["haze"], [2.5], "1..5"),
+                            (["haze"], [True], "1..5"), (["haze"], ["3"], "1..5"), (["haze"], [], "1..5")]:  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            check_grid(names, sev)

@@ -139,6 +139,21 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
 
 
+def check_grid(names: Any, severities: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Validate the corruption names and severities of a sweep grid (reobench.md §3): known names, at least one,
+    severities integers in 1..5. Returns them as tuples (severities as ``int``); a clear ``ValueError`` otherwise."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown or not names:
+        raise ValueError(f"unknown corruptions {unknown or list(names)}; known: {list(CORRUPTIONS)}")
+    severities = tuple(severities)
+    bad = [s for s in severities
+           if isinstance(s, bool) or not isinstance(s, (int, float, np.integer)) or int(s) != s or not 1 <= int(s) <= 5]
+    if bad or not severities:
+        raise ValueError(f"severities must be integers in 1..5, got {list(severities)}")
+    return names, tuple(int(s) for s in severities)
+
+
 def _finish(out: np.ndarray, like: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(like.dtype, copy=False)
 
