@@ -8,7 +8,8 @@ Each run is exactly a YAML of ``yaml/q_evolve/`` (``mini_textworld_<variant>.yam
 ``mini_scienceworld_qevolve.yaml``) built with ``TrainerCLI(run=False)``. BC is iteration 0 of every run (the same
 seed gives the same BC phase), so the ``bc`` row is read from the full run. ``--quick`` shrinks the protocol
 (fewer games and epochs) for a smoke check of the script. Prints the table of q_evolve.md §7 (success and score
-as mean ± sd over the seeds when there are several), the held-out success of every seed, whether the expected
+as mean ± sd over the seeds when there are several), the held-out success of every seed with how many failed
+held-out episodes end in a greedy cycle (the same action in the same observation ≥ 3 times), whether the expected
 effects held, then ``RESULT bc_success=<x> qevolve_success=<y> iterations=<n>`` (held-out success %, mean over
 the seeds, the full method's last iteration). ``--json`` also writes every per-seed row to a file.
 """
@@ -77,6 +78,23 @@ def run_job(job: tuple[str, str, int, bool, tuple[str, ...]]) -> dict[str, Any]:
                 per_iter.setdefault(it, {})["dlogp_neg"] = float((now - old).mean()) if neg else float("nan")
 
     cli.trainer.callbacks.insert(0, Record())
+    loops: dict[int, tuple[int, int]] = {}  # iteration -> (failed held-out episodes, those that loop)
+    evaluate, run_episodes = dm.evaluate, dm.run_episodes
+
+    def evaluate_counting_loops(agent: Any, iteration: int) -> dict[str, Any]:
+        def run(tasks, decide, source, it, on_reset=None):  # type: ignore[no-untyped-def]
+            trs = run_episodes(tasks, decide, source, it, on_reset)
+            failed = [tr for tr in trs if tr.task[-1] != "train" and not tr.success]
+            loops[iteration] = (len(failed), sum(_loops(tr) for tr in failed))
+            return trs
+
+        dm.run_episodes = run
+        try:
+            return evaluate(agent, iteration)
+        finally:
+            dm.run_episodes = run_episodes
+
+    dm.evaluate = evaluate_counting_loops
     t0 = time.perf_counter()
     cli.trainer.fit(model, datamodule=dm)
     sec = time.perf_counter() - t0  # the whole run (every row of it)
@@ -88,9 +106,19 @@ def run_job(job: tuple[str, str, int, bool, tuple[str, ...]]) -> dict[str, Any]:
             "seen": r["success_seen"], "unseen": r["success_unseen"], "score": r["score_unseen"],
             "spearman": float(model.spearman_history.get(it, float("nan"))),
             "dlogp_neg": per_iter.get(it, {}).get("dlogp_neg", float("nan")),
-            "env_steps": r["env_steps"], "sec": sec,
+            "env_steps": r["env_steps"], "sec": sec, "failed_unseen": loops.get(it, (0, 0))[0],
+            "looping_unseen": loops.get(it, (0, 0))[1],
         })  # fmt: skip
     return {"variant": variant, "env": env, "seed": seed, "rows": rows}
+
+
+def _loops(tr: Any, repeats: int = 3) -> bool:
+    """The episode took the same action in the same observation at least ``repeats`` times (a greedy cycle such as
+    "take X from Y" / "put X on Y")."""
+    from collections import Counter
+
+    pairs = Counter(zip(tr.observations[:-1], (tr.action_text(t) for t in range(len(tr)))))
+    return bool(pairs) and max(pairs.values()) >= repeats
 
 
 def _fmt(x: float, nd: int = 1) -> str:
@@ -151,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for (method, it), rs in groups.items():
         per_seed = ", ".join(f"seed {r['seed']}: {_fmt(r['unseen'])}" for r in sorted(rs, key=lambda r: r["seed"]))
-        print(f"held-out success % {method} iter {it}: {per_seed}")
+        failed, looping = sum(r.get("failed_unseen", 0) for r in rs), sum(r.get("looping_unseen", 0) for r in rs)
+        print(f"held-out success % {method} iter {it}: {per_seed}; failed held-out episodes that loop: {looping}/{failed}")
 
     def last(method: str, key: str = "unseen") -> float:
         rs = [r for r in table if r["method"] == method]
