@@ -2,7 +2,7 @@
 
     python benchmarks/q_evolve_mini.py [--env textworld|twx|scienceworld] [--variants qevolve no_gae ...]
                                        [--seeds 0] [--workers 1] [--quick] [--set=--model.init_args.X=Y ...]
-                                       [--json rows.json]
+                                       [--json rows.json] [--load rows.json ...]
 
 Each run is exactly a YAML of ``yaml/q_evolve/`` (``mini_textworld_<variant>.yaml``, ``mini_twx_cooking_qevolve.yaml``,
 ``mini_scienceworld_qevolve.yaml``) built with ``TrainerCLI(run=False)``. BC is iteration 0 of every run (the same
@@ -135,7 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="+", default=[], metavar="ARG",
                     help="extra CLI arguments for every run, e.g. --set=--model.init_args.policy_lr=1e-3")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the per-seed rows to this JSON file")
+    ap.add_argument("--load", nargs="+", default=None, metavar="JSON",
+                    help="print the table from the rows of earlier --json files instead of running (e.g. seeds run apart)")
     args = ap.parse_args(argv)
+    if args.load:
+        rows = [r for path in args.load for r in json.loads(Path(path).read_text())["rows"]]
+        rows = [r for r in rows if r["env"] == args.env]
+        if not rows:
+            ap.error(f"no {args.env} rows in {args.load}")
+        return report(rows, args.env, sorted({r["method"] for r in rows if r["iter"] > 0}), sorted({r["seed"] for r in rows}))
     variants = args.variants or list(FILES[args.env])
     bad = [v for v in variants if v not in FILES[args.env]]
     if bad:
@@ -150,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for res in results for r in res["rows"]]
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv[1:] if argv is None else argv, "rows": rows}, indent=1))
+    return report(rows, args.env, variants, args.seeds)
+
+
+def report(rows: list[dict[str, Any]], env: str, variants: list[str], seeds: list[int]) -> int:
+    """Print the §7 table, the per-seed held-out success, the expected effects and the RESULT line."""
     # the BC row once per seed (every run has the same BC phase)
     table, seen_bc = [], set()
     for r in sorted(rows, key=lambda r: (r["iter"] != 0, r["method"], r["iter"], r["seed"])):
@@ -165,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in table:
         groups.setdefault((r["method"], r["iter"]), []).append(r)
-    several = len(args.seeds) > 1
+    several = len(seeds) > 1
     for (method, it), rs in groups.items():
         def m(key: str) -> float:
             return mean_sd(x[key] for x in rs)[0]
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             mu, sd = mean_sd(x[key] for x in rs)
             return f"{_fmt(mu)} ± {_fmt(sd)}" if several else _fmt(mu)
 
-        print(f"| {args.env} | {method} | {it} | {ms('seen')} | {ms('unseen')} | {ms('score')} | "
+        print(f"| {env} | {method} | {it} | {ms('seen')} | {ms('unseen')} | {ms('score')} | "
               f"{_fmt(m('spearman'), 3)} | {_fmt(m('dlogp_neg'), 3)} | {int(m('env_steps'))} | {_fmt(m('sec'), 0)} |")  # fmt: skip
     print()
     for (method, it), rs in groups.items():
