@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a shrunken protocol to check the script")
-    ap.add_argument("--set", nargs="+", default=[], metavar="ARG",
-                    help="extra CLI arguments for every run, e.g. --set=--model.init_args.policy_lr=1e-3")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="ARG",
+                    help="extra CLI arguments for every run, e.g. --set=--model.init_args.policy_lr=1e-3 (repeatable)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the per-seed rows to this JSON file")
     ap.add_argument("--load", nargs="+", default=None, metavar="JSON",
                     help="print the table from the rows of earlier --json files instead of running (e.g. seeds run apart)")
