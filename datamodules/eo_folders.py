@@ -214,7 +214,7 @@ class EOImageFolderDataModule(LightningDataModule):
         if test_root is not None and test_files is not None:
             raise ValueError("give test_root or test_files, not both")
         self.root, self.corrupted_root, self.test_root, self.test_files = root, corrupted_root, test_root, test_files
-        self.image_size, self.names, self.severities = int(image_size), names, tuple(int(s) for s in severities)
+        self.image_size, self.names, self.severities = int(image_size), names, severities
         self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), int(split_seed)
         self.batch_size, self.eval_batch_size, self.num_workers = int(batch_size), int(eval_batch_size), int(num_workers)
         self.class_names: tuple[str, ...] = ()

@@ -147,8 +147,9 @@ def check_grid(names: Any, severities: Any) -> tuple[tuple[str, ...], tuple[int,
     if unknown or not names:
         raise ValueError(f"unknown corruptions {unknown or list(names)}; known: {list(CORRUPTIONS)}")
     severities = tuple(severities)
-    bad = [s for s in severities
-           if isinstance(s, bool) or not isinstance(s, (int, float, np.integer)) or int(s) != s or not 1 <= int(s) <= 5]
+    whole = (lambda s: isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+             or isinstance(s, float) and s.is_integer())  # fmt: skip
+    bad = [s for s in severities if not whole(s) or not 1 <= int(s) <= 5]
     if bad or not severities:
         raise ValueError(f"severities must be integers in 1..5, got {list(severities)}")
     return names, tuple(int(s) for s in severities)
