@@ -51,6 +51,7 @@ from trainer.rl import clip_bounds, clipped_surrogate, expectile_loss, normalize
 from trainer.trajectories import (
     StateParts,
     awr_loss,
+    check_aux_rules,
     discounted_returns,
     render_state,
     soft_update,
@@ -118,6 +119,11 @@ class QEvolve(pl.LightningModule):
         eps_high: upper clip ε of BPPO ("not stated"; 0.2).
         kl_coef: α of KL(π_θ || π_ref) with π_ref = π_BC ("not stated"; 0, option 0.01).
         use_aux_rewards: add the retrospective auxiliary rewards to the critic target (ablation switch).
+        aux_rewards: values of the auxiliary rules ``{"fmt", "inv", "rep"}`` ("not stated"; missing keys keep
+            −0.1, −0.1, −0.05, q_evolve.md §3 Defaults). Applied to the datamodule's trajectory dataset.
+        rep_window: ``r_rep`` fires when ``o_{t+1}`` equals one of the last ``rep_window`` observations
+            ``o_t, o_{t-1}, …``. 1 is the spec's ``o_{t+1} == o_t``; 2 also flags an action that undoes the one
+            before it (``take X`` then ``put X``), which no single observation shows (our option; default 1).
         use_weights: the success/step weights of the critic losses (ablation switch; False gives IQL).
         weight_norm: ``"mean"`` (mean of w·loss) or ``"sum_w"`` (Σ w·loss / Σ w).
         advantage: ``"gae"`` (process rewards from V) or ``"q_minus_v"`` (A = min Q̄ − V, the ablation).
@@ -163,6 +169,8 @@ class QEvolve(pl.LightningModule):
         eps_high: float = 0.2,
         kl_coef: float = 0.0,
         use_aux_rewards: bool = True,
+        aux_rewards: dict[str, float] | None = None,
+        rep_window: int = 1,
         use_weights: bool = True,
         weight_norm: str = "mean",
         advantage: str = "gae",
@@ -236,6 +244,7 @@ class QEvolve(pl.LightningModule):
             raise ValueError(f"QEvolve: bc_loss must be 'candidates' or 'tokens', got {h.bc_loss!r}")
         if h.bc_loss == "tokens" and h.policy != "causal_lm":
             raise ValueError("QEvolve: bc_loss='tokens' needs policy='causal_lm'")
+        check_aux_rules(h.aux_rewards, h.rep_window)
         if not 0 < h.expectile < 1:
             raise ValueError(f"QEvolve: expectile must lie in (0, 1), got {h.expectile}")
         if h.eps_low <= h.eps_high:
@@ -601,3 +610,6 @@ class QEvolve(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.text_encoder.to(self.device)
+        dm = self.trainer.datamodule
+        if isinstance(dm, HasTrajectoryDataset):  # r_aux of every step with this run's rules (q_evolve.md §3)
+            dm.store.set_aux_rules(self.hparams.aux_rewards, self.hparams.rep_window)

@@ -87,6 +87,29 @@ def test_aux_reward_rules():
     assert aux_reward("a", "b", "go east", admissible=["go east"]) == (0.0, None)
 
 
+def test_rep_window_flags_an_action_that_undoes_the_one_before():
+    """take / put / take: o_3 equals o_1, so with rep_window 2 the third step is stagnation; the spec's rule
+    (rep_window 1, o_{t+1} == o_t) sees nothing."""
+    obs = ["kitchen", "You take the key.", "You put the key in the box.", "You take the key.", "You eat."]
+    traj = _traj([0, 0, 0, 0], success=False, obs=obs)
+    store = TrajectoryStore()
+    store.add([traj])
+    assert store.r_aux == [0.0, 0.0, 0.0, 0.0] and store.aux_counts()["rep"] == 0
+    store.set_aux_rules({"rep": -0.2}, rep_window=2)  # relabels what is stored
+    assert store.r_aux == [0.0, 0.0, -0.2, 0.0] and store.aux_rule[2] == "rep"
+    assert store.aux_values == {"fmt": -0.1, "inv": -0.1, "rep": -0.2}
+    assert aux_reward("b", "a", "x", earlier=["a"]) == (-0.05, "rep")
+    again = TrajectoryStore()
+    again.load_state_dict(store.state_dict())
+    assert again.rep_window == 2 and again.r_aux == store.r_aux
+    with pytest.raises(ValueError, match="rep_window must be an integer >= 1"):
+        TrajectoryStore(rep_window=0)
+    with pytest.raises(ValueError, match="unknown rules"):
+        TrajectoryStore({"repeat": -0.1})
+    with pytest.raises(ValueError, match="rep_window"):
+        QEvolve(**{**QEvolve.unit_test_params(), "rep_window": 0})
+
+
 def test_render_state_keeps_the_last_turns_and_ends_with_the_observation():
     parts = ("get the key", (("go east", "hall"), ("take key", "taken"), ("go west", "kitchen")), "kitchen")
     text = render_state(parts, history_window=2, history_chars=3)

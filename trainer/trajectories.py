@@ -39,6 +39,7 @@ __all__ = [
     "StateParts",
     "aux_reward",
     "awr_loss",
+    "check_aux_rules",
     "discounted_returns",
     "render_state",
     "soft_update",
@@ -119,12 +120,17 @@ def aux_reward(
     invalid: bool = False,
     parse_failed: bool = False,
     values: dict[str, float] | None = None,
+    earlier: Sequence[str] = (),
 ) -> tuple[float, str | None]:
     """The retrospective auxiliary reward of one step: the first matching rule (q_evolve.md §3).
 
     Rules, in order: ``fmt`` (the output could not be parsed as an action; generative mode only), ``inv``
     (the env reported the action invalid, its reply is one of :data:`INVALID_REPLIES`, or the action is not
     in the admissible set when that set is known), ``rep`` (``o_{t+1} == o_t``, stagnation), else 0.
+
+    ``earlier`` are observations before ``o_t`` that also count for ``rep`` (our option, see
+    :class:`TrajectoryStore`'s ``rep_window``): with ``earlier = (o_{t-1},)``, an action that undoes the one
+    before it (``take X`` / ``put X``, ``go east`` / ``go west``) returns to ``o_{t-1}`` and is stagnation too.
 
     Returns:
         ``(reward, rule)``; ``rule`` is ``"fmt"``, ``"inv"``, ``"rep"`` or None.
@@ -135,7 +141,7 @@ def aux_reward(
     reply = next_obs.strip().lower()
     if invalid or any(reply.startswith(r) for r in INVALID_REPLIES) or (admissible and action not in admissible):
         return float(vals["inv"]), "inv"
-    if next_obs.strip() == obs.strip():
+    if next_obs.strip() in {o.strip() for o in (obs, *earlier)}:  # q_evolve.md §3, r_rep (o_{t+1} == o_t)
         return float(vals["rep"]), "rep"
     return 0.0, None
 
@@ -277,6 +283,16 @@ class Trajectory:
         return self.candidates[t][self.actions[t]]
 
 
+def check_aux_rules(aux_values: dict[str, float] | None, rep_window: int) -> tuple[dict[str, float], int]:
+    """The auxiliary reward values (defaults filled in) and ``rep_window``, or a clear error for bad ones."""
+    unknown = set(aux_values or {}) - set(AUX_REWARD_DEFAULTS)
+    if unknown:
+        raise ValueError(f"auxiliary rewards: unknown rules {sorted(unknown)}; valid: {sorted(AUX_REWARD_DEFAULTS)}")
+    if int(rep_window) != rep_window or rep_window < 1:
+        raise ValueError(f"auxiliary rewards: rep_window must be an integer >= 1 (1 = o_{{t+1}} == o_t), got {rep_window}")
+    return {**AUX_REWARD_DEFAULTS, **{k: float(v) for k, v in (aux_values or {}).items()}}, int(rep_window)
+
+
 class TrajectoryStore:
     """The hybrid dataset ``D = D_exp ∪ D_self`` with its per-step labels (q_evolve.md §3).
 
@@ -286,15 +302,22 @@ class TrajectoryStore:
     NaN until then).
 
     ``state_dict``/``load_state_dict`` give plain Python data for the datamodule's checkpoint state.
+
+    Args:
+        aux_values: ``{"fmt", "inv", "rep"}`` rewards of the auxiliary rules (missing keys keep
+            :data:`AUX_REWARD_DEFAULTS`, q_evolve.md §3 Defaults: −0.1, −0.1, −0.05).
+        rep_window: how many of the latest observations ``o_t, o_{t-1}, …`` the next observation is compared
+            with for ``r_rep``. 1 is the spec's rule (``o_{t+1} == o_t``); 2 also counts an action that undoes
+            the one before it, which no single observation shows (our option, default 1).
     """
 
-    def __init__(self, aux_values: dict[str, float] | None = None) -> None:
+    def __init__(self, aux_values: dict[str, float] | None = None, rep_window: int = 1) -> None:
+        self.aux_values, self.rep_window = check_aux_rules(aux_values, rep_window)
         self.trajectories: list[Trajectory] = []
         self.r_aux: list[float] = []
         self.aux_rule: list[str | None] = []
         self.advantage: list[float] = []
         self.logp_old: list[float] = []
-        self.aux_values = dict(aux_values or AUX_REWARD_DEFAULTS)
         self._index: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------------ contents
@@ -305,14 +328,25 @@ class TrajectoryStore:
             self.trajectories.append(traj)
             for t in range(len(traj)):
                 self._index.append((k, t))
-                r, rule = aux_reward(
-                    traj.observations[t], traj.observations[t + 1], traj.action_text(t),
-                    traj.candidates[t], traj.invalid[t], traj.parse_failed[t], self.aux_values,
-                )
+                r, rule = self._aux(traj, t)
                 self.r_aux.append(r)
                 self.aux_rule.append(rule)
                 self.advantage.append(float("nan"))
                 self.logp_old.append(float("nan"))
+
+    def _aux(self, traj: Trajectory, t: int) -> tuple[float, str | None]:
+        return aux_reward(
+            traj.observations[t], traj.observations[t + 1], traj.action_text(t),
+            traj.candidates[t], traj.invalid[t], traj.parse_failed[t], self.aux_values,
+            earlier=traj.observations[max(0, t - self.rep_window + 1) : t],
+        )  # fmt: skip
+
+    def set_aux_rules(self, aux_values: dict[str, float] | None = None, rep_window: int = 1) -> None:
+        """Use other auxiliary rewards / ``rep_window`` (the method's settings) and relabel every stored step."""
+        self.aux_values, self.rep_window = check_aux_rules(aux_values, rep_window)
+        labels = [self._aux(self.trajectories[k], t) for k, t in self._index]
+        self.r_aux = [r for r, _ in labels]
+        self.aux_rule = [rule for _, rule in labels]
 
     def __len__(self) -> int:
         return len(self._index)
@@ -393,10 +427,11 @@ class TrajectoryStore:
             "advantage": list(self.advantage),
             "logp_old": list(self.logp_old),
             "aux_values": dict(self.aux_values),
+            "rep_window": self.rep_window,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.__init__(state["aux_values"])
+        self.__init__(state["aux_values"], state.get("rep_window", 1))
         self.trajectories = [Trajectory(**{**d, "task": tuple(d["task"])}) for d in state["trajectories"]]
         self._index = [(k, t) for k, tr in enumerate(self.trajectories) for t in range(len(tr))]
         self.r_aux = list(state["r_aux"])
