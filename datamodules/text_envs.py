@@ -66,7 +66,7 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -723,27 +723,28 @@ def textworld_cache_key(nb_rooms: int, nb_objects: int, quest_length: int) -> st
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def _progress(items: Sequence[int], description: str, enabled: bool) -> Iterator[int]:
+def _progress(items: Iterable[Any], description: str, enabled: bool, total: int | None = None) -> Iterator[Any]:
     """Iterate with a progress bar (rich, else tqdm, else one printed line per item) when ``enabled``."""
-    if not enabled or not items:
+    total = len(items) if total is None else total  # type: ignore[arg-type]
+    if not enabled or not total:
         yield from items
         return
     try:
         from rich.progress import track
 
-        yield from track(items, description=description, total=len(items))
+        yield from track(items, description=description, total=total)
         return
     except ImportError:
         pass
     try:
         from tqdm import tqdm
 
-        yield from tqdm(items, desc=description)
+        yield from tqdm(items, desc=description, total=total)
         return
     except ImportError:
         pass
     for k, item in enumerate(items):
-        print(f"{description} {k + 1}/{len(items)}", flush=True)
+        print(f"{description} {k + 1}/{total}", flush=True)
         yield item
 
 
@@ -765,6 +766,7 @@ def generate_textworld_games(
     nb_objects: int = 6,
     quest_length: int = 4,
     progress: bool = True,
+    workers: int | None = None,
 ) -> list[Path]:
     """Make and compile one TextWorld game per seed into a cache; games already there are kept.
 
@@ -781,6 +783,8 @@ def generate_textworld_games(
         nb_objects: objects per game (default 6).
         quest_length: actions in the quest (default 4).
         progress: show a progress bar while generating (default True).
+        workers: processes that make games side by side (default: one per CPU core, at most one per game;
+            1 makes them in this process).
 
     Returns:
         The game paths, in the order of ``seeds``.
@@ -805,25 +809,45 @@ def generate_textworld_games(
     seeds = [int(s) for s in seeds]
     paths = [folder / f"game_{s}.z8" for s in seeds]
     todo = sorted({s for s, p in zip(seeds, paths) if not (p.is_file() and p.with_suffix(".json").is_file())})
-    for seed in _progress(todo, f"TextWorld games ({len(todo)} to make)", progress):
-        target = folder / f"game_{seed}.z8"
-        tmp = folder / f".tmp-{seed}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            options = textworld.GameOptions()
-            options.nb_rooms = int(nb_rooms)
-            options.nb_objects = int(nb_objects)
-            options.quest_length = int(quest_length)
-            options.seeds = seed
-            options.path = str(tmp / target.name)
-            options.force_recompile = True
-            game = textworld.generator.make_game(options)
-            built = Path(textworld.generator.compile_game(game, options))
-            os.replace(built.with_suffix(".json"), target.with_suffix(".json"))
-            os.replace(built, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    jobs = [(str(folder), s, int(nb_rooms), int(nb_objects), int(quest_length)) for s in todo]
+    n = max(1, min(len(jobs), int(workers) if workers else (os.cpu_count() or 1)))
+    label = f"TextWorld games ({len(todo)} to make, {n} processes)"
+    if n == 1:
+        for job in _progress(jobs, label, progress):
+            _make_textworld_game(*job)
+        return paths
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_make_textworld_game, *job) for job in jobs]
+        for fut in _progress(cf.as_completed(futures), label, progress, total=len(futures)):
+            fut.result()  # a failed game raises here, naming its seed
     return paths
+
+
+def _make_textworld_game(folder: str, seed: int, nb_rooms: int, nb_objects: int, quest_length: int) -> None:
+    """Make and compile one game into ``folder`` through a private temporary folder (see generate_textworld_games)."""
+    import textworld
+    import textworld.generator
+
+    target = Path(folder) / f"game_{seed}.z8"
+    tmp = Path(folder) / f".tmp-{seed}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        options = textworld.GameOptions()
+        options.nb_rooms, options.nb_objects, options.quest_length = nb_rooms, nb_objects, quest_length
+        options.seeds = seed
+        options.path = str(tmp / target.name)
+        options.force_recompile = True
+        game = textworld.generator.make_game(options)
+        built = Path(textworld.generator.compile_game(game, options))
+        os.replace(built.with_suffix(".json"), target.with_suffix(".json"))
+        os.replace(built, target)
+    except Exception as exc:
+        raise RuntimeError(f"TextWorld game of seed {seed} could not be made: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class TextWorldAdapter(_AdapterBase):

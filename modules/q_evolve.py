@@ -65,6 +65,7 @@ __all__ = ["QEvolve"]
 PHASES = ("bc", "critic", "policy", "done")
 POLICY_FORMS = ("scorer", "causal_lm")
 POLICY_UPDATES = ("bppo", "awr", "none_rerank")
+SCORER_FEATURES = ("state", "state_last_action")
 
 
 def evolve_schedule(
@@ -106,6 +107,11 @@ class QEvolve(pl.LightningModule):
         lm_name: ``causal_lm`` only: ``"tiny"`` (random-init LLaMA with a byte tokenizer),
             ``"smollm2-135m-instruct"`` (packaged) or a hub name such as ``meta-llama/Llama-2-7b-chat-hf``.
         hidden: width of the MLP heads. Default 256.
+        scorer_features: ``scorer`` only: ``"state"`` scores ``[h_s; h_a; h_s * h_a]`` (the embeddings of the
+            rendered state and of the command); ``"state_last_action"`` adds ``h_last * h_a``, the command's
+            embedding times that of the previous action, so "this undoes what I just did" is one feature rather
+            than a trace in the mean-pooled state (q_evolve.md §7 leaves the scorer's input open; our option,
+            default ``"state"``).
         history_window: turns of history in the state (q_evolve.md §3 "State", default 4).
         bc_epochs: epochs of behaviour cloning on D_exp (§7: 5).
         critic_epochs: critic epochs per iteration ("until the loss plateaus", default 20).
@@ -156,6 +162,7 @@ class QEvolve(pl.LightningModule):
         encoder_dim: int = 64,
         lm_name: str | None = None,
         hidden: int = 256,
+        scorer_features: str = "state",
         history_window: int = 4,
         bc_epochs: int = 5,
         critic_epochs: int = 20,
@@ -211,7 +218,8 @@ class QEvolve(pl.LightningModule):
             self.policy_head = None
         else:
             self.lm = None
-            self.policy_head = _mlp(3 * d, hidden)  # score([h_s; h_a; h_s * h_a])
+            width = 4 if scorer_features == "state_last_action" else 3
+            self.policy_head = _mlp(width * d, hidden)  # score([h_s; h_a; h_s * h_a (; h_last * h_a)])
         # critic: V(h_s), Q_i([h_s; h_a]) and target Q̄_i (q_evolve.md §3 Defaults "critic")
         self.v_head = _mlp(d, hidden)
         self.q1 = _mlp(2 * d, hidden)
@@ -232,6 +240,8 @@ class QEvolve(pl.LightningModule):
             raise ValueError(f"QEvolve: policy must be one of {POLICY_FORMS}, got {h.policy!r}")
         if h.policy == "causal_lm" and not h.lm_name:
             raise ValueError("QEvolve: policy='causal_lm' needs lm_name ('tiny', 'smollm2-135m-instruct' or a model name)")
+        if h.scorer_features not in SCORER_FEATURES:
+            raise ValueError(f"QEvolve: scorer_features must be one of {SCORER_FEATURES}, got {h.scorer_features!r}")
         if h.policy_update not in POLICY_UPDATES:
             raise ValueError(f"QEvolve: policy_update must be one of {POLICY_UPDATES}, got {h.policy_update!r}")
         if h.advantage not in ("gae", "q_minus_v"):
@@ -322,7 +332,11 @@ class QEvolve(pl.LightningModule):
         owner = torch.repeat_interleave(torch.arange(len(candidates), device=hs.device),
                                         torch.tensor([len(c) for c in candidates], device=hs.device))
         hss = hs[owner]
-        scores = head(torch.cat([hss, ha, hss * ha], dim=-1)).squeeze(-1)
+        feats = [hss, ha, hss * ha]
+        if self.hparams.scorer_features == "state_last_action":
+            last = self._embed([s[1][-1][0] if len(s[1]) else "none" for s in states])[owner]
+            feats.append(last * ha)
+        scores = head(torch.cat(feats, dim=-1)).squeeze(-1)
         return list(torch.split(scores, [len(c) for c in candidates])), None
 
     def candidate_log_probs(

@@ -278,6 +278,24 @@ def test_scorer_log_probs_normalise_and_empty_candidates_raise():
         model.candidate_log_probs([state], [[]])
 
 
+def test_last_action_feature_reaches_the_scores():
+    """scorer_features=state_last_action: with history_window 0 the rendered states are equal, so only the
+    h_last * h_a feature tells the two states apart; with the default features they score the same."""
+    torch.manual_seed(0)
+    a = ("find the key", (("take key", "You take the key."),), "a hall")
+    b = ("find the key", (("go east", "You go east."),), "a hall")
+    cands = [["put key in box", "look"]] * 2
+    model = QEvolve(**{**QEvolve.unit_test_params(), "history_window": 0, "scorer_features": "state_last_action"})
+    assert model.policy_head[0].in_features == 4 * model.text_encoder.dim
+    la, lb = model.candidate_log_probs([a, b], cands)
+    assert float(la.exp().sum()) == pytest.approx(1.0, abs=1e-6) and not torch.allclose(la, lb)
+    plain = QEvolve(**{**QEvolve.unit_test_params(), "history_window": 0})
+    pa, pb = plain.candidate_log_probs([a, b], cands)
+    assert torch.allclose(pa, pb)
+    with pytest.raises(ValueError, match="scorer_features must be one of"):
+        QEvolve(**{**QEvolve.unit_test_params(), "scorer_features": "last"})
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"policy": "gpt"}, "policy must be"), ({"policy": "causal_lm"}, "needs lm_name"), ({"eps_low": 0.1}, "eps_low > eps_high"),

@@ -151,6 +151,14 @@ def test_textworld_generation_is_cached_and_atomic(tw_games):
     assert tw_games[0].with_suffix(".json").read_text() != tw_games[1].with_suffix(".json").read_text()
 
 
+def test_textworld_games_made_side_by_side_equal_those_made_in_process(tw_games, tmp_path):
+    """The fixture made its two games in two processes; one made here in this process is the same game."""
+    (alone,) = generate_textworld_games([1], tmp_path, nb_rooms=2, nb_objects=3, quest_length=2, progress=False,
+                                        workers=1)  # fmt: skip
+    assert alone != tw_games[1]
+    assert alone.with_suffix(".json").read_text() == tw_games[1].with_suffix(".json").read_text()
+
+
 def test_textworld_walkthrough_and_planner_win(tw_games):
     adapter = make_adapter("textworld", max_steps=20)
     try:
