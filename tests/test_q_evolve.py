@@ -356,6 +356,17 @@ def _ckpt(workdir: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def test_module_aux_rules_label_the_datamodule_dataset(tmp_path):
+    cli = _fit(tmp_path, "--trainer.max_epochs", "1", "--model.init_args.rep_window", "2",
+               "--model.init_args.aux_rewards", '{"rep": -0.3}')  # fmt: skip
+    store = cli.datamodule.store
+    assert len(store) > 0 and store.rep_window == 2 and store.aux_values["rep"] == -0.3
+    assert all(r == -0.3 for r, rule in zip(store.r_aux, store.aux_rule) if rule == "rep")
+    fresh = TrajectoryStore(store.aux_values, rep_window=2)
+    fresh.add(store.trajectories)
+    assert fresh.r_aux == store.r_aux
+
+
 @pytest.mark.slow
 def test_resume_in_the_middle_of_an_iteration_restores_dataset_labels_targets_and_phase(tmp_path):
     """Stopped after the critic epoch of iteration 1 (D_self collected, before relabeling) and after the
