@@ -136,7 +136,7 @@ def test_toy_invalid_commands_and_usage_errors():
 def tw_games(tmp_path_factory) -> list[Path]:
     pytest.importorskip("textworld", reason="textworld 1.7.0 not installed")
     cache = tmp_path_factory.mktemp("tw-cache")
-    return generate_textworld_games([0, 1], cache, nb_rooms=2, nb_objects=3, quest_length=2, progress=False)
+    return generate_textworld_games([0, 1], cache, nb_rooms=2, nb_objects=3, quest_length=2, progress=False, workers=2)
 
 
 def test_textworld_generation_is_cached_and_atomic(tw_games):
