@@ -207,9 +207,12 @@ def report(rows: list[dict[str, Any]], env: str, variants: list[str], seeds: lis
     bc_seed = {r["seed"]: r["unseen"] for r in table if r["method"] == "bc"}
     qe_rows = [r for r in table if r["method"] == "qevolve"]
     k = max((r["iter"] for r in qe_rows), default=0)
-    above = [r["unseen"] > bc_seed[r["seed"]] for r in qe_rows if r["iter"] == k and r["seed"] in bc_seed]
+    diff = [r["unseen"] - bc_seed[r["seed"]] for r in qe_rows if r["iter"] == k and r["seed"] in bc_seed]
+    d_mu, d_sd = mean_sd(diff)
+    d_se = d_sd / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")  # standard error of the paired mean
     checks = [("Q-Evolve held-out success ≥ BC + 10 points", qe >= bc + 10),
-              (f"Q-Evolve held-out success > BC (mean; above on {sum(above)}/{len(above)} seeds)", qe > bc)]
+              (f"Q-Evolve held-out success > BC (mean; above on {sum(d > 0 for d in diff)}/{len(diff)} seeds; "
+               f"per-seed difference {_fmt(d_mu)} ± {_fmt(d_sd)} points, standard error {_fmt(d_se)})", qe > bc)]
     if "no_weights" in variants and "qevolve" in variants:
         checks.append(("weighted critic Spearman ≥ unweighted", last("qevolve", "spearman") >= last("no_weights", "spearman")))
     for v in ("no_gae", "awr"):
