@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [v for v in variants if v not in FILES[args.env]]
     if bad:
         ap.error(f"unknown variants for {args.env}: {bad}; known: {list(FILES[args.env])}")
-    if args.env == "textworld":  # generate the games once, before the runs (q_evolve.md §4)
+    if args.env == "textworld":  # generate the games once, before the runs, as the runs' --set asks (q_evolve.md §4)
         from trainer.cli import TrainerCLI
 
-        extra = QUICK_DATA["textworld"] if args.quick else []
+        extra = [*(QUICK_DATA["textworld"] if args.quick else []), *args.set]
         TrainerCLI(args=["fit", "--config", str(FILES["textworld"]["qevolve"]), *extra], run=False).datamodule.prepare_data()
     jobs = [(args.env, v, s, args.quick, tuple(args.set)) for v in variants for s in args.seeds]
     results = list(run_in_workers(run_job, jobs, args.workers)) if args.workers > 1 else [run_job(j) for j in jobs]

@@ -784,7 +784,8 @@ def generate_textworld_games(
         quest_length: actions in the quest (default 4).
         progress: show a progress bar while generating (default True).
         workers: processes that make games side by side (default: one per CPU core, at most one per game;
-            1 makes them in this process).
+            1 makes them in this process, as does a daemonic process such as a multiprocessing pool worker,
+            which may not start processes of its own).
 
     Returns:
         The game paths, in the order of ``seeds``.
@@ -811,13 +812,16 @@ def generate_textworld_games(
     todo = sorted({s for s, p in zip(seeds, paths) if not (p.is_file() and p.with_suffix(".json").is_file())})
     jobs = [(str(folder), s, int(nb_rooms), int(nb_objects), int(quest_length)) for s in todo]
     n = max(1, min(len(jobs), int(workers) if workers else (os.cpu_count() or 1)))
+    import multiprocessing as mp
+
+    if mp.current_process().daemon:  # a pool worker (e.g. a benchmark run) may not start processes: make them here
+        n = 1
     label = f"TextWorld games ({len(todo)} to make, {n} processes)"
     if n == 1:
         for job in _progress(jobs, label, progress):
             _make_textworld_game(*job)
         return paths
     import concurrent.futures as cf
-    import multiprocessing as mp
 
     with cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_make_textworld_game, *job) for job in jobs]

@@ -159,6 +159,21 @@ def test_textworld_games_made_side_by_side_equal_those_made_in_process(tw_games,
     assert alone.with_suffix(".json").read_text() == tw_games[1].with_suffix(".json").read_text()
 
 
+def test_textworld_games_made_in_a_daemonic_process_are_made_in_it(tw_games, tmp_path):
+    """A pool worker (daemonic: a benchmark run) may not start processes; asked for two, it makes the game itself."""
+    import multiprocessing as mp
+
+    kwargs = {"nb_rooms": 2, "nb_objects": 3, "quest_length": 2, "progress": False, "workers": 2}
+    proc = mp.get_context("spawn").Process(target=generate_textworld_games, args=([0, 1], tmp_path), kwargs=kwargs,
+                                           daemon=True)  # fmt: skip
+    proc.start()
+    proc.join(240)
+    assert proc.exitcode == 0
+    made = sorted(tmp_path.glob("textworld/*/game_*.json"))
+    assert [p.name for p in made] == ["game_0.json", "game_1.json"]
+    assert [p.read_text() for p in made] == [g.with_suffix(".json").read_text() for g in tw_games]
+
+
 def test_textworld_walkthrough_and_planner_win(tw_games):
     adapter = make_adapter("textworld", max_steps=20)
     try:
