@@ -121,6 +121,16 @@ def _loops(tr: Any, repeats: int = 3) -> bool:
     return bool(pairs) and max(pairs.values()) >= repeats
 
 
+def _vs_bc(rows: list[dict[str, Any]], bc_seed: dict[int, float]) -> str:
+    """Held-out success minus the same seed's BC: how many seeds are above, and the paired mean ± sd with its
+    standard error (the spread a difference must beat)."""
+    diff = [r["unseen"] - bc_seed[r["seed"]] for r in rows if r["seed"] in bc_seed]
+    mu, sd = mean_sd(diff)
+    se = sd / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return (f"above BC on {sum(d > 0 for d in diff)}/{len(diff)} seeds; per-seed difference {_fmt(mu)} ± {_fmt(sd)} "
+            f"points, standard error {_fmt(se)}")
+
+
 def _fmt(x: float, nd: int = 1) -> str:
     return "—" if x != x else f"{x:.{nd}f}"
 
@@ -190,10 +200,13 @@ def report(rows: list[dict[str, Any]], env: str, variants: list[str], seeds: lis
         print(f"| {env} | {method} | {it} | {ms('seen')} | {ms('unseen')} | {ms('score')} | "
               f"{_fmt(m('spearman'), 3)} | {_fmt(m('dlogp_neg'), 3)} | {int(m('env_steps'))} | {_fmt(m('sec'), 0)} |")  # fmt: skip
     print()
+    bc_seed = {r["seed"]: r["unseen"] for r in table if r["method"] == "bc"}
     for (method, it), rs in groups.items():
         per_seed = ", ".join(f"seed {r['seed']}: {_fmt(r['unseen'])}" for r in sorted(rs, key=lambda r: r["seed"]))
         failed, looping = sum(r.get("failed_unseen", 0) for r in rs), sum(r.get("looping_unseen", 0) for r in rs)
-        print(f"held-out success % {method} iter {it}: {per_seed}; failed held-out episodes that loop: {looping}/{failed}")
+        vs_bc = "" if method == "bc" else f"; {_vs_bc(rs, bc_seed)}"
+        print(f"held-out success % {method} iter {it}: {per_seed}; failed held-out episodes that loop: {looping}/{failed}"
+              f"{vs_bc}")
 
     def last(method: str, key: str = "unseen") -> float:
         rs = [r for r in table if r["method"] == method]
@@ -204,15 +217,11 @@ def report(rows: list[dict[str, Any]], env: str, variants: list[str], seeds: lis
 
     bc, qe = last("bc"), last("qevolve")
     # per seed: the full method's last iteration against the same seed's BC row
-    bc_seed = {r["seed"]: r["unseen"] for r in table if r["method"] == "bc"}
     qe_rows = [r for r in table if r["method"] == "qevolve"]
     k = max((r["iter"] for r in qe_rows), default=0)
-    diff = [r["unseen"] - bc_seed[r["seed"]] for r in qe_rows if r["iter"] == k and r["seed"] in bc_seed]
-    d_mu, d_sd = mean_sd(diff)
-    d_se = d_sd / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")  # standard error of the paired mean
     checks = [("Q-Evolve held-out success ≥ BC + 10 points", qe >= bc + 10),
-              (f"Q-Evolve held-out success > BC (mean; above on {sum(d > 0 for d in diff)}/{len(diff)} seeds; "
-               f"per-seed difference {_fmt(d_mu)} ± {_fmt(d_sd)} points, standard error {_fmt(d_se)})", qe > bc)]
+              (f"Q-Evolve held-out success > BC (mean; {_vs_bc([r for r in qe_rows if r['iter'] == k], bc_seed)})",
+               qe > bc)]
     if "no_weights" in variants and "qevolve" in variants:
         checks.append(("weighted critic Spearman ≥ unweighted", last("qevolve", "spearman") >= last("no_weights", "spearman")))
     for v in ("no_gae", "awr"):

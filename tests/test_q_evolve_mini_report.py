@@ -53,6 +53,9 @@ def test_load_rebuilds_the_table_over_files(tmp_path, capsys):
     assert "| textworld | bc | 0 | 30.0 ± 0.0 | 25.0 ± 7.1 |" in out
     assert "held-out success % bc iter 0: seed 0: 20.0, seed 1: 30.0; failed held-out episodes that loop: 74/75" in out
     # per seed: +10 and -4 points; mean 3.0, sample sd 9.9, standard error 9.9 / sqrt(2) = 7.0
-    assert ("held: Q-Evolve held-out success > BC (mean; above on 1/2 seeds; per-seed difference 3.0 ± 9.9 points, "
+    assert ("held: Q-Evolve held-out success > BC (mean; above BC on 1/2 seeds; per-seed difference 3.0 ± 9.9 points, "
             "standard error 7.0)") in out
+    # iteration 1: +4 and -4 points
+    assert ("held-out success % qevolve iter 1: seed 0: 24.0, seed 1: 26.0; failed held-out episodes that loop: 0/0; "
+            "above BC on 1/2 seeds; per-seed difference 0.0 ± 5.7 points, standard error 4.0") in out
     assert out.strip().splitlines()[-1] == "RESULT bc_success=25.0 qevolve_success=28.0 iterations=2"
