@@ -811,9 +811,9 @@ def generate_textworld_games(
     paths = [folder / f"game_{s}.z8" for s in seeds]
     todo = sorted({s for s, p in zip(seeds, paths) if not (p.is_file() and p.with_suffix(".json").is_file())})
     jobs = [(str(folder), s, int(nb_rooms), int(nb_objects), int(quest_length)) for s in todo]
-    n = max(1, min(len(jobs), int(workers) if workers else (os.cpu_count() or 1)))
     import multiprocessing as mp
 
+    n = max(1, min(len(jobs), int(workers) if workers else (os.cpu_count() or 1)))
     if mp.current_process().daemon:  # a pool worker (e.g. a benchmark run) may not start processes: make them here
         n = 1
     label = f"TextWorld games ({len(todo)} to make, {n} processes)"

@@ -160,7 +160,7 @@ def test_textworld_games_made_side_by_side_equal_those_made_in_process(tw_games,
 
 
 def test_textworld_games_made_in_a_daemonic_process_are_made_in_it(tw_games, tmp_path):
-    """A pool worker (daemonic: a benchmark run) may not start processes; asked for two, it makes the game itself."""
+    """A pool worker (daemonic: a benchmark run) may not start processes; asked for two processes, it makes the games itself."""
     import multiprocessing as mp
 
     kwargs = {"nb_rooms": 2, "nb_objects": 3, "quest_length": 2, "progress": False, "workers": 2}
